@@ -1,0 +1,1 @@
+"""diffusion_lab: a config-driven experiment framework for diffusion models."""

@@ -1,0 +1,247 @@
+"""Samplers: pure functions that share one signature and yield every intermediate x_t.
+
+All work in the frame x = x0 + sigma * eps and take the decreasing noise levels `sigmas` to visit
+(from `Schedule.sample_sigmas(steps)`), so any sampler runs with any schedule. Noise comes from
+`generator`: one torch.Generator for the batch, or a list of them, one per sample, which makes
+every sample independent of the batch it was drawn in.
+"""
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from diffusion_lab.core.guidance import ClassifierFreeGuidance, Guidance
+from diffusion_lab.errors import ConfigError
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype=None) -> torch.Tensor:
+    """Standard normal noise of `shape`; with a list of generators, row i comes from generator i."""
+    if isinstance(generator, Sequence):
+        if len(generator) != shape[0]:
+            raise ConfigError(f"sampler: {len(generator)} generators for a batch of {shape[0]}")
+        rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
+        return torch.stack(rows).to(device)
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def per_sample_generators(seeds: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One generator per sample, seeded with that sample's seed."""
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def _setup(model, sigmas, batchsize, xt, cond, generator, cfg_scale, guidance):
+    """Validates the common arguments; returns (sigmas on device, initial x, guidance)."""
+    sigmas = torch.as_tensor(sigmas)
+    if sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ConfigError(f"sampler: need at least 2 sigmas (steps >= 1), got shape {tuple(sigmas.shape)}")
+    if isinstance(generator, Sequence):
+        batchsize = len(generator)
+    device = next(iter(model.parameters()), next(iter(model.buffers()), torch.empty(0))).device
+    if xt is None:
+        xt = randn((batchsize, *model.input_dims), generator, device) * sigmas[0].item()
+    elif tuple(xt.shape[1:]) != tuple(model.input_dims):
+        raise ConfigError(f"sampler: xt has shape {tuple(xt.shape)}, the model takes (B, {', '.join(map(str, model.input_dims))})")
+    if cond is not None and len(cond) != len(xt):
+        raise ConfigError(f"sampler: cond has {len(cond)} entries for a batch of {len(xt)}")
+    if guidance is None:
+        guidance = ClassifierFreeGuidance(cfg_scale) if cfg_scale else Guidance()
+    return sigmas.to(xt.device, xt.dtype), xt, guidance
+
+
+@torch.no_grad()
+def samples(model: nn.Module, sigmas: torch.Tensor, gam: float = 1.0, mu: float = 0.0, cfg_scale: float = 0.0,
+            batchsize: int = 1, xt: torch.Tensor | None = None, cond: torch.Tensor | None = None, *,
+            guidance: Guidance | None = None, generator: Generators = None) -> Iterator[torch.Tensor]:
+    """The generalized sampler (Permenter & Yuan 2024, alg. 2): DDPM at (1, 0.5), DDIM at (1, 0), accelerated at (2, 0).
+
+    gam >= 1 extrapolates eps from the previous step (gradient estimation); mu in [0, 1) sets how
+    much of each step's noise is fresh: the deterministic move lands at sigma_p =
+    sigma_prev^(1/(1-mu)) / sigma^(mu/(1-mu)), and noise of scale sqrt(sigma_prev^2 - sigma_p^2) is added.
+    """
+    if not 0 <= mu < 1:
+        raise ConfigError(f"sampler: mu={mu} must be in [0, 1)")
+    if gam < 1:
+        raise ConfigError(f"sampler: gam={gam} must be >= 1")
+    sigmas, xt, guide = _setup(model, sigmas, batchsize, xt, cond, generator, cfg_scale, guidance)
+    eps = None
+    for sig, sig_prev in zip(sigmas[:-1], sigmas[1:]):
+        eps_prev, eps = eps, guide(model, xt, sig, cond)
+        eps_av = eps if eps_prev is None else gam * eps + (1 - gam) * eps_prev
+        sig_p = (sig_prev / sig**mu) ** (1 / (1 - mu))
+        xt = xt - (sig - sig_p) * eps_av  # (B, ...)
+        if mu > 0:
+            xt = xt + (sig_prev**2 - sig_p**2).clamp(min=0).sqrt() * randn(xt.shape, generator, xt.device, xt.dtype)
+        yield xt
+
+
+def q_sample(x0: torch.Tensor, alpha_bar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Forward noising q(x_t | x0) in the variance-preserving frame: sqrt(ab) x0 + sqrt(1 - ab) eps (Ho et al. 2020, eq. 4)."""
+    return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+
+
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor,
+              eta: float = 0.0, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One DDIM step x_t -> x_{t-1} in the variance-preserving frame (Song et al. 2021, eq. 12 and 16)."""
+    x0 = (x - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+    s = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
+    out = alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev - s**2).clamp(min=0).sqrt() * eps
+    return out if noise is None else out + s * noise
+
+
+def ddpm_step(x: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor,
+              noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One ancestral step p(x_{t-1} | x_t) with the posterior variance beta~_t (Ho et al. 2020, eq. 11 and 7)."""
+    alpha = alpha_bar / alpha_bar_prev
+    mean = (x - (1 - alpha) / (1 - alpha_bar).sqrt() * eps) / alpha.sqrt()
+    var = (1 - alpha) * (1 - alpha_bar_prev) / (1 - alpha_bar)
+    return mean if noise is None else mean + var.sqrt() * noise
+
+
+def _vp_sampler(step, model, sigmas, batchsize, xt, cond, cfg_scale, guidance, generator, eta):
+    sigmas, xt, guide = _setup(model, sigmas, batchsize, xt, cond, generator, cfg_scale, guidance)
+    ab = 1 / (1 + sigmas**2)  # (steps+1,)
+    for i in range(len(sigmas) - 1):
+        eps = guide(model, xt, sigmas[i], cond)
+        noise = randn(xt.shape, generator, xt.device, xt.dtype) if eta > 0 else None
+        x_vp = step(xt * ab[i].sqrt(), eps, ab[i], ab[i + 1], noise)  # (B, ...)
+        xt = x_vp / ab[i + 1].sqrt()
+        yield xt
+
+
+@torch.no_grad()
+def sample_ddim(model: nn.Module, sigmas: torch.Tensor, eta: float = 0.0, cfg_scale: float = 0.0, batchsize: int = 1,
+                xt: torch.Tensor | None = None, cond: torch.Tensor | None = None, *,
+                guidance: Guidance | None = None, generator: Generators = None) -> Iterator[torch.Tensor]:
+    """DDIM over the given levels (eta=0 deterministic, eta=1 ancestral-like); yields x_t in the sigma frame."""
+    if eta < 0:
+        raise ConfigError(f"sampler: eta={eta} must be >= 0")
+    step = lambda x, e, a, ap, n: ddim_step(x, e, a, ap, eta, n)  # noqa: E731
+    yield from _vp_sampler(step, model, sigmas, batchsize, xt, cond, cfg_scale, guidance, generator, eta)
+
+
+@torch.no_grad()
+def sample_ddpm(model: nn.Module, sigmas: torch.Tensor, cfg_scale: float = 0.0, batchsize: int = 1,
+                xt: torch.Tensor | None = None, cond: torch.Tensor | None = None, *,
+                guidance: Guidance | None = None, generator: Generators = None) -> Iterator[torch.Tensor]:
+    """Ancestral DDPM sampling (Ho et al. 2020, alg. 2) over the given levels; yields x_t in the sigma frame."""
+    yield from _vp_sampler(ddpm_step, model, sigmas, batchsize, xt, cond, cfg_scale, guidance, generator, 1.0)
+
+
+def _churn(xt, sig, steps, s_churn, s_tmin, s_tmax, s_noise, generator):
+    """Raise the noise level from sigma to sigma_hat = sigma (1 + gamma) (Karras et al. 2022, alg. 2 lines 4-6)."""
+    gamma = min(s_churn / steps, 2**0.5 - 1) if s_churn > 0 and s_tmin <= sig <= s_tmax else 0.0
+    if gamma == 0:
+        return xt, sig
+    sig_hat = sig * (1 + gamma)
+    noise = randn(xt.shape, generator, xt.device, xt.dtype)
+    return xt + (sig_hat**2 - sig**2) ** 0.5 * s_noise * noise, sig_hat
+
+
+@torch.no_grad()
+def sample_heun(model: nn.Module, sigmas: torch.Tensor, cfg_scale: float = 0.0, batchsize: int = 1,
+                xt: torch.Tensor | None = None, cond: torch.Tensor | None = None, *, guidance: Guidance | None = None,
+                generator: Generators = None, s_churn: float = 0.0, s_tmin: float = 0.0,
+                s_tmax: float = float("inf"), s_noise: float = 1.0, second_order: bool = True) -> Iterator[torch.Tensor]:
+    """Heun's method (Karras et al. 2022, alg. 1; with s_churn > 0, the stochastic alg. 2); second_order=False is Euler."""
+    sigmas, xt, guide = _setup(model, sigmas, batchsize, xt, cond, generator, cfg_scale, guidance)
+    levels = sigmas.tolist()  # Python floats: control flow without a device sync per step
+    for sig, sig_next in zip(levels[:-1], levels[1:]):
+        xt, sig_hat = _churn(xt, sig, len(levels) - 1, s_churn, s_tmin, s_tmax, s_noise, generator)
+        d = guide(model, xt, sig_hat, cond)  # dx/dsigma = eps
+        x_next = xt + (sig_next - sig_hat) * d
+        if second_order and sig_next > 0:
+            d_next = guide(model, x_next, sig_next, cond)
+            x_next = xt + (sig_next - sig_hat) * (d + d_next) / 2
+        xt = x_next
+        yield xt
+
+
+def sample_euler(model: nn.Module, sigmas: torch.Tensor, cfg_scale: float = 0.0, batchsize: int = 1,
+                 xt: torch.Tensor | None = None, cond: torch.Tensor | None = None, *, guidance: Guidance | None = None,
+                 generator: Generators = None, s_churn: float = 0.0, s_tmin: float = 0.0,
+                 s_tmax: float = float("inf"), s_noise: float = 1.0) -> Iterator[torch.Tensor]:
+    """Euler steps of the probability-flow ODE dx/dsigma = eps (Karras et al. 2022, alg. 2 without the Heun correction)."""
+    return sample_heun(model, sigmas, cfg_scale, batchsize, xt, cond, guidance=guidance, generator=generator,
+                       s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, second_order=False)
+
+
+class Sampler:
+    """A sampler as a config object: a step count, an optional sampling schedule and the method's settings.
+
+    Call it with the model and its training schedule; `schedule`, when given, replaces the training
+    schedule for sampling (a model trained on one schedule samples on another).
+    """
+
+    nfe_per_step = 1
+
+    def __init__(self, steps: int = 20, schedule=None):
+        if not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"sampler.steps={steps!r} must be an integer >= 1")
+        self.steps = steps
+        self.schedule = schedule
+
+    def sigmas(self, schedule) -> torch.Tensor:
+        """The steps + 1 levels to visit."""
+        return (self.schedule or schedule).sample_sigmas(self.steps)
+
+    @property
+    def nfe(self) -> int:
+        """Model evaluations per sample (without guidance's doubling)."""
+        return self.steps * self.nfe_per_step
+
+    def __call__(self, model: nn.Module, schedule, batchsize: int = 1, cond: torch.Tensor | None = None,
+                 guidance: Guidance | None = None, generator: Generators = None,
+                 xt: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+        raise NotImplementedError
+
+
+class GeneralizedSampler(Sampler):
+    """`samples` with fixed gam and mu: DDPM (1, 0.5), DDIM (1, 0), accelerated (2, 0)."""
+
+    def __init__(self, steps: int = 20, gam: float = 1.0, mu: float = 0.0, schedule=None):
+        super().__init__(steps, schedule)
+        self.gam, self.mu = gam, mu
+
+    def __call__(self, model, schedule, batchsize=1, cond=None, guidance=None, generator=None, xt=None):
+        return samples(model, self.sigmas(schedule), self.gam, self.mu, batchsize=batchsize, xt=xt, cond=cond,
+                       guidance=guidance, generator=generator)
+
+
+class DDIMSampler(Sampler):
+    """`sample_ddim` with a fixed eta."""
+
+    def __init__(self, steps: int = 50, eta: float = 0.0, schedule=None):
+        super().__init__(steps, schedule)
+        self.eta = eta
+
+    def __call__(self, model, schedule, batchsize=1, cond=None, guidance=None, generator=None, xt=None):
+        return sample_ddim(model, self.sigmas(schedule), self.eta, batchsize=batchsize, xt=xt, cond=cond,
+                           guidance=guidance, generator=generator)
+
+
+class DDPMSampler(Sampler):
+    """`sample_ddpm`: ancestral sampling over `steps` of the discrete timesteps."""
+
+    def __call__(self, model, schedule, batchsize=1, cond=None, guidance=None, generator=None, xt=None):
+        return sample_ddpm(model, self.sigmas(schedule), batchsize=batchsize, xt=xt, cond=cond,
+                           guidance=guidance, generator=generator)
+
+
+class HeunSampler(Sampler):
+    """`sample_heun` (Karras et al. 2022, alg. 1 and 2); second_order=False gives Euler."""
+
+    def __init__(self, steps: int = 20, second_order: bool = True, s_churn: float = 0.0, s_tmin: float = 0.0,
+                 s_tmax: float = float("inf"), s_noise: float = 1.0, schedule=None):
+        super().__init__(steps, schedule)
+        self.second_order = second_order
+        self.churn = dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+
+    @property
+    def nfe(self) -> int:
+        return 2 * self.steps if self.second_order else self.steps
+
+    def __call__(self, model, schedule, batchsize=1, cond=None, guidance=None, generator=None, xt=None):
+        return sample_heun(model, self.sigmas(schedule), batchsize=batchsize, xt=xt, cond=cond, guidance=guidance,
+                           generator=generator, second_order=self.second_order, **self.churn)

@@ -1,0 +1,17 @@
+"""Errors that mean the user asked for something invalid; entry points print them as one line."""
+
+
+class DiffusionLabError(Exception):
+    """Base class: a problem with the user's input, not a bug."""
+
+
+class ConfigError(DiffusionLabError, ValueError):
+    """An argument or config key outside what is allowed; the message names the key and the range."""
+
+
+class DataError(DiffusionLabError, FileNotFoundError):
+    """A data set cannot be found or read; the message names the files and where to put them."""
+
+
+class CheckpointError(DiffusionLabError):
+    """A checkpoint is missing, corrupt or belongs to another model."""

@@ -1,0 +1,273 @@
+"""The core library against closed forms: schedules, DDIM/DDPM steps, samplers, parameterizations, guidance."""
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from diffusion_lab.core import (ClassifierFreeGuidance, ClassifierGuidance, DDIMSampler, Denoiser, GeneralizedSampler,
+                                HeunSampler, PredV, PredX0, Scaled, ScheduleCosine, ScheduleDDPM, ScheduleKarras,
+                                ScheduleLDM, ScheduleLogLinear, ScheduleQuadratic, ScheduleSigmoid, ddpm_step,
+                                per_sample_generators, sample_ddim, sample_ddpm, sample_euler, sample_heun, samples)
+from diffusion_lab.errors import ConfigError
+
+ALL_SCHEDULES = [ScheduleLogLinear(), ScheduleDDPM(), ScheduleLDM(), ScheduleSigmoid(), ScheduleCosine(),
+                 ScheduleQuadratic(), ScheduleKarras()]
+
+
+class LinearEps(nn.Module):
+    """A fixed linear eps-predictor with an optional label offset: enough to test the samplers' algebra."""
+
+    def __init__(self, dim=3, num_classes=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.W = nn.Parameter(torch.randn(dim, dim, generator=g) * 0.3)
+        self.emb = nn.Parameter(torch.randn(num_classes + 1, dim, generator=g))
+        self.input_dims = (dim,)
+        self.num_classes = num_classes
+        self.calls = 0
+
+    def forward(self, x, sigma, cond=None):
+        self.calls += 1
+        s = torch.as_tensor(sigma, dtype=x.dtype).expand(x.shape[0])[:, None]
+        out = x @ self.W / (1 + s)
+        return out if cond is None else out + self.emb[cond]
+
+    def null_cond(self, cond):
+        if not self.num_classes:
+            raise ConfigError("unconditional")
+        return torch.full_like(cond, self.num_classes)
+
+
+class OnePoint(nn.Module):
+    """The exact eps-predictor for data concentrated at one point x0: eps = (x - x0) / sigma."""
+
+    def __init__(self, x0):
+        super().__init__()
+        self.register_buffer("x0", x0)
+        self.input_dims = tuple(x0.shape)
+
+    def forward(self, x, sigma, cond=None):
+        s = torch.as_tensor(sigma, dtype=x.dtype).expand(x.shape[0]).view(-1, *([1] * (x.ndim - 1)))
+        return (x - self.x0) / s
+
+
+def final(it):
+    *_, x = it
+    return x
+
+
+def test_ddpm_alpha_bar_is_cumprod_of_one_minus_beta():
+    betas = np.linspace(1e-4, 0.02, 1000)
+    np.testing.assert_allclose(ScheduleDDPM(1000, 1e-4, 0.02).alpha_bar.numpy(), np.cumprod(1 - betas), rtol=1e-5)
+
+
+def test_ldm_and_quadratic_betas_are_squares_of_a_linear_ramp():
+    for sched, lo, hi in [(ScheduleLDM(), 0.00085, 0.012), (ScheduleQuadratic(1000, 1e-4, 0.02), 1e-4, 0.02)]:
+        ab = sched.alpha_bar.double().numpy()
+        betas = 1 - ab / np.concatenate([[1.0], ab[:-1]])
+        np.testing.assert_allclose(betas, np.linspace(lo**0.5, hi**0.5, 1000) ** 2, rtol=1e-3, atol=1e-7)
+
+
+def test_cosine_alpha_bar_matches_nichol_dhariwal_until_clipping():
+    N, s = 1000, 0.008
+    f = np.cos((np.arange(N + 1) / N + s) / (1 + s) * np.pi / 2) ** 2
+    expected = f[1:] / f[0]
+    np.testing.assert_allclose(ScheduleCosine(N).alpha_bar.numpy()[:900], expected[:900], rtol=1e-4)
+
+
+def test_loglinear_and_karras_endpoints_and_spacing():
+    s = ScheduleLogLinear(200, 0.005, 10).sigmas.double()
+    assert math.isclose(s[0], 0.005, rel_tol=1e-5) and math.isclose(s[-1], 10, rel_tol=1e-5)
+    np.testing.assert_allclose(np.diff(np.log(s.numpy())), np.log(10 / 0.005) / 199, rtol=1e-4)
+    k = ScheduleKarras(5, 0.002, 80, 7).sigmas.double().numpy()
+    expected = [(80 ** (1 / 7) + i / 4 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7 for i in range(5)][::-1]
+    np.testing.assert_allclose(k, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sched", ALL_SCHEDULES, ids=lambda s: type(s).__name__)
+def test_sample_sigmas_has_steps_plus_one_decreasing_levels(sched):
+    for n in [1, 2, 3, 7, 10, 20, 50, 199, 200]:
+        sig = sched.sample_sigmas(n)
+        assert len(sig) == n + 1
+        assert sig[0] == sched.sigmas[-1] and sig[-1] == sched.sigmas[0]
+        assert (sig[1:] <= sig[:-1]).all()
+    assert torch.allclose(sched.alpha_bar, 1 / (1 + sched.sigmas**2))
+    t = sched.timestep(sched.sigmas[[0, len(sched) // 2, -1]])
+    assert torch.allclose(t, torch.tensor([0.0, len(sched) // 2, len(sched) - 1]), atol=1e-3)
+
+
+def test_schedule_bad_arguments_raise_value_error_naming_the_key():
+    with pytest.raises(ValueError, match="sigma_min"):
+        ScheduleLogLinear(10, 1.0, 0.5)
+    with pytest.raises(ValueError, match="N=0"):
+        ScheduleDDPM(0)
+    with pytest.raises(ValueError, match="steps"):
+        ScheduleDDPM(10).sample_sigmas(0)
+    with pytest.raises(ValueError, match="mu"):
+        next(samples(LinearEps(), ScheduleDDPM(10).sample_sigmas(3), mu=1.0))
+
+
+def test_one_ddim_step_equals_song_et_al_closed_form():
+    model, sched = LinearEps(), ScheduleDDPM(1000)
+    sig = sched.sample_sigmas(10)[:2].double()
+    x = torch.randn(4, 3)
+    ab_t, ab_prev = 1 / (1 + sig[0] ** 2), 1 / (1 + sig[1] ** 2)
+    # Song et al. 2021 eq. 12 with sigma_t = 0, in the variance-preserving frame x_vp = sqrt(ab) x.
+    x_vp = ab_t.sqrt() * x.double()
+    eps = model(x, sig[0].float()).double()
+    x0_pred = (x_vp - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+    expected_vp = ab_prev.sqrt() * x0_pred + (1 - ab_prev).sqrt() * eps
+    got = next(samples(model, sig.float(), gam=1, mu=0, xt=x))
+    assert torch.allclose(got.double() * ab_prev.sqrt(), expected_vp, atol=1e-5)
+
+
+def test_generalized_sampler_with_gam1_mu0_is_ddim():
+    model, sched = LinearEps(), ScheduleLDM()
+    sig, x = sched.sample_sigmas(25), torch.randn(5, 3)
+    a = final(samples(model, sig, gam=1, mu=0, xt=x))
+    b = final(sample_ddim(model, sig, eta=0.0, xt=x))
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_generalized_sampler_with_mu_half_is_the_ddpm_posterior_step():
+    model, sched = LinearEps(), ScheduleDDPM(1000)
+    sig, x = sched.sample_sigmas(10)[:2], torch.randn(4, 3)
+    got = next(samples(model, sig, gam=1, mu=0.5, xt=x, generator=per_sample_generators(range(4))))
+    z = torch.stack([torch.randn(3, generator=g) for g in per_sample_generators(range(4))])
+    # q(x_{t-1} | x_t, x0) of Ho et al. 2020 eq. 7, with x0 predicted from eps, in the VP frame.
+    s_t, s_p = sig.double()
+    ab_t, ab_p = 1 / (1 + s_t**2), 1 / (1 + s_p**2)
+    alpha, beta = ab_t / ab_p, 1 - ab_t / ab_p
+    eps = model(x, sig[0]).double()
+    x_vp = ab_t.sqrt() * x.double()
+    x0 = (x_vp - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+    mean = ab_p.sqrt() * beta / (1 - ab_t) * x0 + alpha.sqrt() * (1 - ab_p) / (1 - ab_t) * x_vp
+    var = beta * (1 - ab_p) / (1 - ab_t)
+    expected = (mean + var.sqrt() * z.double()) / ab_p.sqrt()
+    assert torch.allclose(got.double(), expected, atol=1e-4)
+    assert torch.allclose(ddpm_step(x_vp, eps, ab_t, ab_p, z.double()), mean + var.sqrt() * z.double(), atol=1e-8)
+
+
+@pytest.mark.parametrize("sampler", [
+    lambda m, s, x: samples(m, s, gam=1, mu=0, xt=x),
+    lambda m, s, x: sample_ddim(m, s, xt=x),
+    lambda m, s, x: sample_euler(m, s, xt=x),
+    lambda m, s, x: sample_heun(m, s, xt=x),
+], ids=["ddim-generalized", "ddim", "euler", "heun"])
+def test_deterministic_samplers_solve_the_one_point_ode_exactly(sampler):
+    # For data at one point, dx/dsigma = (x - x0)/sigma, so x(sigma) = x0 + sigma/sigma_T (x_T - x0).
+    x0 = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    sig = ScheduleLogLinear(100, 0.01, 10).sample_sigmas(15).double()
+    xT = torch.randn(3, 2, dtype=torch.float64) * 10
+    out = final(sampler(OnePoint(x0), sig, xT))
+    assert torch.allclose(out, x0 + sig[-1] / sig[0] * (xT - x0), atol=1e-9)
+
+
+def test_accelerated_and_ddpm_samplers_reach_the_point():
+    x0 = torch.tensor([0.5, -1.0])
+    sig = ScheduleLogLinear(200, 0.005, 10).sample_sigmas(30)
+    for out in [final(samples(OnePoint(x0), sig, gam=2, mu=0, batchsize=8)),
+                final(sample_ddpm(OnePoint(x0), sig, batchsize=8, generator=torch.Generator().manual_seed(0)))]:
+        assert (out - x0).abs().max() < 0.05
+
+
+def test_samples_do_not_depend_on_batch_size_with_per_sample_seeds():
+    model, sig = LinearEps(), ScheduleDDPM(100).sample_sigmas(8)
+    big = final(samples(model, sig, mu=0.5, generator=per_sample_generators(range(10, 16))))
+    one = final(samples(model, sig, mu=0.5, generator=per_sample_generators([13])))
+    assert torch.allclose(big[3], one[0], atol=1e-6)
+    again = final(samples(model, sig, mu=0.5, generator=per_sample_generators(range(10, 16))))
+    assert torch.equal(big, again)
+
+
+def test_parameterization_round_trips_are_exact():
+    torch.manual_seed(0)
+    x0, eps, sigma = torch.randn(6, 4), torch.randn(6, 4), torch.rand(6) * 5 + 0.01
+    x = x0 + sigma[:, None] * eps
+
+    class Oracle(nn.Module):
+        input_dims = (4,)
+
+        def __init__(self, kind):
+            super().__init__()
+            self.kind = kind
+
+        def forward(self, x_in, s, cond=None):
+            return {"eps": eps, "x0": x0, "v": (eps - sigma[:, None] * x0) / (1 + sigma[:, None] ** 2).sqrt()}[self.kind]
+
+    for kind in ["eps", "x0", "v"]:
+        d = Denoiser(Oracle(kind), prediction=kind)
+        assert torch.allclose(d(x, sigma), eps, atol=1e-5), kind
+        assert torch.allclose(d.target(x0, eps, sigma), Oracle(kind)(x, sigma), atol=1e-6), kind
+
+
+def test_scaled_input_feeds_sqrt_alpha_bar_times_x():
+    seen = {}
+
+    class Spy(nn.Module):
+        input_dims = (2,)
+
+        def forward(self, x, s, cond=None):
+            seen["x"] = x
+            return torch.zeros_like(x)
+
+    x, sigma = torch.ones(2, 2), torch.tensor([0.0, 3.0])
+    Scaled(Spy())(x, sigma)
+    assert torch.allclose(seen["x"][:, 0], torch.tensor([1.0, 1 / math.sqrt(10)]))
+
+
+def test_wrappers_schedules_samplers_and_guidance_pickle():
+    objs = [PredX0(LinearEps()), PredV(LinearEps()), Scaled(LinearEps()), *ALL_SCHEDULES,
+            GeneralizedSampler(20, 2.0, 0.0), DDIMSampler(50, 0.0, ScheduleLogLinear()), HeunSampler(10),
+            ClassifierFreeGuidance(4.0, "uncond")]
+    for o in objs:
+        assert type(pickle.loads(pickle.dumps(o))) is type(o)
+    with pytest.raises(ValueError, match="prediction"):
+        Denoiser(LinearEps(), prediction="score")
+
+
+def test_cfg_scale_zero_is_the_conditional_model_in_one_batched_pass():
+    model, x, sigma = LinearEps(num_classes=3), torch.randn(4, 3), torch.tensor(0.7)
+    y = torch.tensor([0, 1, 2, 1])
+    model.calls = 0
+    out = ClassifierFreeGuidance(0.0)(model, x, sigma, y)
+    assert model.calls == 1
+    assert torch.allclose(out, model(x, sigma, y))
+    eps_c, eps_u = model(x, sigma, y), model(x, sigma, model.null_cond(y))
+    assert torch.allclose(ClassifierFreeGuidance(2.0)(model, x, sigma, y), eps_c + 2 * (eps_c - eps_u), atol=1e-6)
+    # w in the "uncond" convention equals w - 1 in the "cond" one.
+    assert torch.allclose(ClassifierFreeGuidance(7.5, "uncond")(model, x, sigma, y),
+                          ClassifierFreeGuidance(6.5)(model, x, sigma, y), atol=1e-5)
+
+
+def test_cfg_on_a_model_without_null_condition_is_rejected():
+    sig = ScheduleDDPM(10).sample_sigmas(2)
+    with pytest.raises(ConfigError, match="unconditional"):
+        final(samples(LinearEps(), sig, cfg_scale=3.0, batchsize=2, cond=torch.tensor([0, 0])))
+    with pytest.raises(ConfigError, match="null condition"):
+        ClassifierFreeGuidance(1.0)(OnePoint(torch.zeros(2)), torch.zeros(1, 2), 1.0, torch.tensor([0]))
+
+
+def test_classifier_guidance_follows_the_classifier_gradient():
+    model, x, sigma, y = LinearEps(), torch.randn(4, 3), torch.tensor(0.5), torch.tensor([0, 1, 0, 1])
+
+    class Const(nn.Module):
+        def forward(self, x, s):
+            return torch.zeros(x.shape[0], 2) + x.sum() * 0
+
+    assert torch.allclose(ClassifierGuidance(Const(), 5.0)(model, x, sigma, y), model(x, sigma))
+
+    class LinearClassifier(nn.Module):  # logits = x @ A: grad_x log p(y|x) = A[:, y] - sum_k p_k A[:, k]
+        A = torch.randn(3, 2)
+
+        def forward(self, x, s):
+            return x @ self.A
+
+    clf = LinearClassifier()
+    p = (x @ clf.A).softmax(-1)
+    grad = clf.A.T[y] - p @ clf.A.T
+    expected = model(x, sigma) - 2.0 * 0.5 * grad
+    assert torch.allclose(ClassifierGuidance(clf, 2.0)(model, x, sigma, y), expected, atol=1e-5)
