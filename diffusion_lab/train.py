@@ -1,0 +1,75 @@
+"""Train a diffusion model from the Hydra config: `python train.py model=dit data=fashion_mnist`.
+
+Also `python -m diffusion_lab.train ...`. Composes configs/train.yaml, instantiates every group,
+and runs Lightning's Trainer; returns the validation metric named by `optimized_metric` for sweeps.
+"""
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from diffusion_lab.config import CONFIG_DIR, report_user_errors
+from diffusion_lab.core import ClassifierFreeGuidance
+from diffusion_lab.errors import CheckpointError, ConfigError
+from diffusion_lab.training.module import DiffusionModule
+
+
+def build(cfg: DictConfig) -> tuple[DiffusionModule, L.LightningDataModule]:
+    """Instantiates the model, schedule, sampler, guidance and data of a composed config."""
+    net = instantiate(cfg.model)
+    model = instantiate(cfg.parameterization, net=net)
+    guidance = instantiate(cfg.guidance) if cfg.get("guidance") else None
+    if isinstance(guidance, ClassifierFreeGuidance) and not model.num_classes:
+        raise ConfigError("guidance=cfg needs a conditional model: set conditional=true (model.num_classes > 0)")
+    module = DiffusionModule(
+        model=model, schedule=instantiate(cfg.schedule), sampler=instantiate(cfg.sampler),
+        optimizer=instantiate(cfg.optimizer), lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        guidance=guidance, conditional=cfg.conditional, seed=cfg.seed, num_samples=cfg.num_samples,
+        nonfinite=cfg.nonfinite, config=OmegaConf.to_container(cfg, resolve=True))
+    return module, instantiate(cfg.data)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
+    """`last` means this run directory's checkpoints/last.ckpt; anything else must be an existing file."""
+    if ckpt_path is None:
+        return None
+    path = Path(output_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        hint = " (ckpt_path=last looks in hydra.run.dir)" if ckpt_path == "last" else ""
+        raise CheckpointError(f"ckpt_path: no checkpoint at {path}{hint}")
+    return str(path)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Builds everything from cfg and fits; returns cfg.optimized_metric from the final metrics."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.matmul_precision)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    module, datamodule = build(cfg)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if trainer.is_global_zero:
+        Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
+    if cfg.get("compile"):
+        module.model.net.forward = torch.compile(module.model.net.forward)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metric = cfg.get("optimized_metric")
+    if metric and metric in trainer.callback_metrics:
+        return float(trainer.callback_metrics[metric])
+    return None
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@report_user_errors
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

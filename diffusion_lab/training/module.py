@@ -1,0 +1,119 @@
+"""The LightningModule: trains any denoiser through the core library and samples from it at validation."""
+import zlib
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import nn
+
+from diffusion_lab.core import Guidance, Sampler, Schedule, diffusion_loss, per_sample_generators
+from diffusion_lab.errors import ConfigError
+from diffusion_lab.metrics import sliced_wasserstein
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """A seed for one training step that depends only on (seed, step, rank), never on process history."""
+    return zlib.crc32(f"{seed}/{step}/{rank}".encode())
+
+
+def seed_device(device: torch.device, seed: int) -> None:
+    """Seeds the default generator of one device (torch.manual_seed would also queue a seed for every GPU)."""
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index or 0].manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
+class DiffusionModule(L.LightningModule):
+    """Trains `model` (an eps/x0/v denoiser) on a noise `schedule`; validation samples with `sampler` and `guidance`.
+
+    optimizer and lr_scheduler are partials that take the parameters / the optimizer. Every step's
+    noise, sigmas and label dropout come from a generator seeded by (seed, global step, rank), so a
+    resumed run draws exactly what an uninterrupted one would.
+    """
+
+    def __init__(self, model: nn.Module, schedule: Schedule, sampler: Sampler, optimizer: Callable,
+                 lr_scheduler: Callable | None = None, guidance: Guidance | None = None, conditional: bool = False,
+                 seed: int = 0, num_samples: int = 64, nonfinite: str = "error", config: dict | None = None):
+        super().__init__()
+        if nonfinite not in ("error", "skip"):
+            raise ConfigError(f"nonfinite={nonfinite!r} must be 'error' or 'skip'")
+        if conditional and not getattr(model, "num_classes", 0):
+            raise ConfigError("conditional=true needs a model with num_classes > 0 (model.num_classes)")
+        self.model = model
+        self.schedule, self.sampler, self.guidance = schedule, sampler, guidance or Guidance()
+        self.optimizer_fn, self.lr_scheduler_fn = optimizer, lr_scheduler
+        self.conditional, self.seed, self.num_samples, self.nonfinite = conditional, seed, num_samples, nonfinite
+        self.config = config
+        self.last_samples: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(x, sigma, cond)
+
+    def _split(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(batch, (list, tuple)):
+            return batch[0], batch[1] if self.conditional else None
+        return batch, None
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        x0, cond = self._split(batch)
+        seed_device(x0.device, step_seed(self.seed, self.global_step, self.global_rank))
+        loss = diffusion_loss(self.model, x0, self.schedule, cond)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if self.nonfinite == "skip" and not torch.isfinite(loss):
+            return None  # Lightning skips the optimizer step
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training stopped: non-finite loss {loss.item()} at step {self.global_step}")
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        if not torch.isfinite(norm):
+            if self.nonfinite == "error":
+                raise FloatingPointError(f"training stopped: non-finite gradient norm at step {self.global_step}")
+            optimizer.zero_grad(set_to_none=True)
+        if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+            self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x0, cond = self._split(batch)
+        generator = torch.Generator(x0.device).manual_seed(step_seed(self.seed, batch_idx, -1))
+        loss = diffusion_loss(self.model, x0, self.schedule, cond, generator)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        if batch_idx == 0:
+            self._reference = x0[: max(self.num_samples, 1)]
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or self.num_samples < 1:
+            return
+        x = self.generate(self.num_samples)
+        self.last_samples = x
+        ref = getattr(self, "_reference", None)
+        if ref is not None:
+            self.log("val/swd", sliced_wasserstein(x.flatten(1), ref.flatten(1).to(x)), sync_dist=True)
+
+    def sample_labels(self, n: int) -> torch.Tensor | None:
+        """Labels 0, 1, ..., K-1, 0, 1, ... so that an image grid is ordered by class."""
+        if not self.conditional:
+            return None
+        return torch.arange(n, device=self.device) % self.model.num_classes
+
+    @torch.no_grad()
+    def generate(self, n: int, seed: int | None = None) -> torch.Tensor:
+        """n samples with the configured sampler and guidance; sample i always uses seed + i."""
+        first = self.seed if seed is None else seed
+        generators = per_sample_generators(range(first, first + n), self.device)
+        *_, x = self.sampler(self.model, self.schedule, cond=self.sample_labels(n), guidance=self.guidance,
+                             generator=generators)
+        return x
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_fn(params=self.model.parameters())
+        if self.lr_scheduler_fn is None:
+            return optimizer
+        scheduler = self.lr_scheduler_fn(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["config"] = self.config

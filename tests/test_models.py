@@ -1,0 +1,200 @@
+"""Tests of the denoiser networks: the shared forward contract, conditioning and the ideal denoiser."""
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from diffusion_lab.errors import ConfigError
+from diffusion_lab.models import (
+    ConditionalMLP,
+    DenoiserNet,
+    DiT,
+    IdealDenoiser,
+    SigmaEmbedding,
+    TimeInputMLP,
+    ToyUNet,
+    Unet,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_dit(in_dim: int, **kw) -> DiT:
+    return DiT(in_dim=in_dim, channels=2, patch_size=2, depth=2, head_dim=8, num_heads=2, **kw)
+
+
+def small_unet(in_dim: int, **kw) -> Unet:
+    return Unet(in_dim=in_dim, channels=2, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                attn_resolutions=(in_dim // 2,), dropout=0.0, **kw)
+
+
+def make_models() -> list[tuple[str, DenoiserNet]]:
+    torch.manual_seed(0)
+    return [
+        *[(f"TimeInputMLP-{d}", TimeInputMLP(dim=d, hidden_dims=(16, 32, 16))) for d in (2, 3)],
+        *[(f"ConditionalMLP-{d}", ConditionalMLP(dim=d, hidden_dims=(16, 32, 16), num_classes=3)) for d in (2, 3)],
+        *[(f"ToyUNet-{d}", ToyUNet(dim=d, hidden_dims=(16, 32, 16), time_dim=8, num_classes=3)) for d in (2, 3)],
+        *[(f"DiT-{n}", small_dit(n, num_classes=3)) for n in (8, 16)],
+        *[(f"DiT-cross-{n}", small_dit(n, num_classes=3, cond_mode="cross_attn")) for n in (8, 16)],
+        *[(f"Unet-{n}", small_unet(n, num_classes=3)) for n in (8, 16)],
+        ("Unet-28", Unet(in_dim=28, ch=8, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(14,))),
+        ("IdealDenoiser-2", IdealDenoiser(torch.randn(5, 2))),
+        ("IdealDenoiser-img", IdealDenoiser(torch.randn(5, 2, 8, 8))),
+    ]
+
+
+MODELS = make_models()
+CONDITIONAL = [(name, m) for name, m in MODELS if m.num_classes > 0]
+
+
+def perturb(model: torch.nn.Module) -> torch.nn.Module:
+    """Move every parameter off its (possibly zero) initial value so that every input matters."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name, model", MODELS, ids=[n for n, _ in MODELS])
+@pytest.mark.parametrize("sigma", [torch.tensor([0.1, 1.0, 10.0]), torch.tensor(0.5), 0.5], ids=["B", "0dim", "float"])
+def test_output_shape_equals_input_shape(name, model, sigma):
+    x = model.eval().rand_input(3)
+    assert x.shape == (3, *model.input_dims)
+    out = model(x, sigma)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name, model", MODELS, ids=[n for n, _ in MODELS])
+def test_pickle_round_trip_gives_same_output(name, model):
+    model = perturb(pickle.loads(pickle.dumps(model)))
+    x = model.rand_input(3, generator=torch.Generator().manual_seed(0))
+    clone = pickle.loads(pickle.dumps(model))
+    torch.testing.assert_close(clone(x, 0.7), model(x, 0.7), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name, model", MODELS, ids=[n for n, _ in MODELS])
+def test_sigma_extremes_stay_finite(name, model):
+    x = model.eval().rand_input(2)
+    assert torch.isfinite(model(x, torch.tensor([1e-4, 1e3]))).all()
+
+
+def test_sigma_embedding_is_bounded_and_distinct():
+    emb = SigmaEmbedding(16)
+    feats = emb(torch.logspace(-4, 3, 50))  # (50, 16)
+    assert feats.abs().max() <= 1.0
+    assert torch.cdist(feats, feats).add(torch.eye(50)).min() > 1e-3
+
+
+@pytest.mark.parametrize("name, model", CONDITIONAL, ids=[n for n, _ in CONDITIONAL])
+def test_labels_change_output_and_none_means_null(name, model):
+    model = perturb(pickle.loads(pickle.dumps(model)))
+    x = model.rand_input(3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2])
+    out0, out1 = model(x, 1.0, labels), model(x, 1.0, (labels + 1) % 3)
+    assert (out0 - out1).abs().amax(dim=tuple(range(1, x.ndim))).min() > 1e-5
+    null = model.null_cond(labels)
+    assert null.shape == labels.shape and (null == model.num_classes).all()
+    torch.testing.assert_close(model(x, 1.0, None), model(x, 1.0, null))
+
+
+@pytest.mark.parametrize("name, model", CONDITIONAL, ids=[n for n, _ in CONDITIONAL])
+def test_full_cond_dropout_in_training_equals_null_label(name, model):
+    model = perturb(pickle.loads(pickle.dumps(model))).train()
+    model.cond_dropout = 1.0  # the constructor only accepts [0, 1); set here to force every label to null
+    x = model.rand_input(3)
+    labels = torch.tensor([0, 1, 2])
+    torch.testing.assert_close(model(x, 1.0, labels), model(x, 1.0, model.null_cond(labels)))
+    model.eval()
+    assert not torch.allclose(model(x, 1.0, labels), model(x, 1.0, model.null_cond(labels)))
+
+
+@pytest.mark.parametrize("name, model", CONDITIONAL, ids=[n for n, _ in CONDITIONAL])
+@pytest.mark.parametrize("bad", [[0, 1, 4], [-1, 0, 0]])
+def test_out_of_range_labels_raise(name, model, bad):
+    with pytest.raises(ConfigError, match=r"cond.*\[0, 3\]"):
+        model(model.rand_input(3), 1.0, torch.tensor(bad))
+
+
+UNCONDITIONAL = [TimeInputMLP(), ToyUNet(), small_dit(8), small_unet(8), IdealDenoiser(torch.ones(2, 2))]
+
+
+@pytest.mark.parametrize("model", UNCONDITIONAL, ids=lambda m: type(m).__name__)
+def test_unconditional_models_reject_cond_and_null_cond(model):
+    labels = torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ConfigError, match="unconditional"):
+        model(model.rand_input(3), 1.0, labels)
+    with pytest.raises(ConfigError, match="num_classes > 0 and cond_dropout > 0"):
+        model.null_cond(labels)
+
+
+def test_dit_cross_attn_accepts_a_condition_sequence_with_zero_null():
+    model = perturb(small_dit(8, cond_mode="cross_attn"))
+    x, ctx = model.rand_input(3), torch.randn(3, 5, model.width)
+    assert not torch.allclose(model(x, 1.0, ctx), model(x, 1.0, ctx.flip(0)))
+    torch.testing.assert_close(model.null_cond(ctx), torch.zeros_like(ctx))
+    torch.testing.assert_close(model(x, 1.0, None), model(x, 1.0, torch.zeros(3, 1, model.width)))
+    with pytest.raises(ConfigError, match="float cond"):
+        model(x, 1.0, torch.randn(3, 5, model.width + 1))
+
+
+@pytest.mark.parametrize(
+    "build, key",
+    [
+        (lambda: DiT(in_dim=28, patch_size=3), r"patch_size=3 must divide in_dim=28"),
+        (lambda: small_dit(8, cond_mode="film"), "cond_mode"),
+        (lambda: Unet(in_dim=28, ch_mult=(1, 2, 2, 2)), "in_dim=28"),
+        (lambda: Unet(in_dim=28, attn_resolutions=(16,)), "attn_resolutions"),
+        (lambda: ToyUNet(hidden_dims=(64, 128, 64, 32)), "hidden_dims"),
+        (lambda: ToyUNet(hidden_dims=(64, 128, 32)), "hidden_dims"),
+        (lambda: ToyUNet(num_classes=-1), "num_classes"),
+        (lambda: ConditionalMLP(cond_dropout=1.0), "cond_dropout"),
+        (lambda: Unet(cond_dropout=-0.1), "cond_dropout"),
+        (lambda: IdealDenoiser(torch.ones(4, 2), max_points=0), "max_points"),
+    ],
+)
+def test_bad_constructor_arguments_raise_config_error(build, key):
+    with pytest.raises(ConfigError, match=key):
+        build()
+
+
+def test_ideal_denoiser_one_point_is_exact():
+    x0 = torch.tensor([[1.0, -2.0, 0.5]])
+    model = IdealDenoiser(x0)
+    x, sigma = torch.randn(4, 3), torch.tensor([0.01, 0.3, 2.0, 50.0])
+    torch.testing.assert_close(model(x, sigma), (x - x0) / sigma[:, None])
+
+
+def test_ideal_denoiser_two_points_match_float64_posterior():
+    data = torch.tensor([[0.0, 0.0], [1.0, 0.5]])
+    model = IdealDenoiser(TensorDataset(data, torch.tensor([0, 1])))  # (x, label) items
+    x, sigma = torch.randn(6, 2), torch.tensor([0.1, 0.3, 0.5, 1.0, 2.0, 5.0])
+    xd, dd, sd = x.double(), data.double(), sigma.double()
+    d2 = ((xd[:, None] - dd[None]) ** 2).sum(-1)  # (6, 2)
+    w = torch.exp(-d2 / (2 * sd[:, None] ** 2))
+    x0_hat = (w / w.sum(1, keepdim=True)) @ dd  # (6, 2)
+    expected = ((xd - x0_hat) / sd[:, None]).float()
+    torch.testing.assert_close(model(x, sigma), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_ideal_denoiser_small_sigma_returns_nearest_point():
+    torch.manual_seed(0)
+    data = torch.randn(50, 1, 4, 4)
+    model = IdealDenoiser(data, max_points=40)
+    x = data[torch.tensor([3, 17, 39])] + 0.01 * torch.randn(3, 1, 4, 4)
+    eps = model(x, 1e-3)
+    assert torch.isfinite(eps).all()
+    nearest = data[:40].flatten(1)[torch.cdist(x.flatten(1), data[:40].flatten(1)).argmin(1)].view_as(x)
+    torch.testing.assert_close(x - 1e-3 * eps, nearest, rtol=0, atol=1e-5)
+    assert len(list(model.parameters())) == 0 and model.data.shape == (40, 1, 4, 4)
+
+
+def test_import_does_not_pull_in_training_frameworks():
+    code = "import sys, diffusion_lab.models; print([m for m in ('lightning', 'hydra', 'wandb') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
