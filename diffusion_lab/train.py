@@ -19,6 +19,7 @@ from diffusion_lab.training.module import DiffusionModule
 
 def build(cfg: DictConfig) -> tuple[DiffusionModule, L.LightningDataModule]:
     """Instantiates the model, schedule, sampler, guidance and data of a composed config."""
+    datamodule = instantiate(cfg.data)
     net = instantiate(cfg.model)
     model = instantiate(cfg.parameterization, net=net)
     guidance = instantiate(cfg.guidance) if cfg.get("guidance") else None
@@ -29,7 +30,10 @@ def build(cfg: DictConfig) -> tuple[DiffusionModule, L.LightningDataModule]:
         optimizer=instantiate(cfg.optimizer), lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
         guidance=guidance, conditional=cfg.conditional, seed=cfg.seed, num_samples=cfg.num_samples,
         nonfinite=cfg.nonfinite, config=OmegaConf.to_container(cfg, resolve=True))
-    return module, instantiate(cfg.data)
+    if tuple(model.input_dims) != tuple(datamodule.input_dims):
+        raise ConfigError(f"model: {type(net).__name__} takes inputs of shape {list(model.input_dims)} but data gives "
+                          f"{list(datamodule.input_dims)}; pick a model for this data (e.g. model=dit for images)")
+    return module, datamodule
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
@@ -58,7 +62,12 @@ def train(cfg: DictConfig) -> float | None:
         OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
     if cfg.get("compile"):
         module.model.net.forward = torch.compile(module.model.net.forward)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                logger.experiment.finish()  # flush the run (offline runs are then ready for `wandb sync`)
     metric = cfg.get("optimized_metric")
     if metric and metric in trainer.callback_metrics:
         return float(trainer.callback_metrics[metric])

@@ -22,7 +22,8 @@ class ResumableBatchSampler:
         self.epoch_size = epoch_size or len(self.indices)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch, self.skip = 0, 0
+        self.epoch = 0
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches already trained on in it)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -39,7 +40,8 @@ class ResumableBatchSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._rank_indices().split(self.batch_size)
-        skip, self.skip = self.skip, 0
+        skip = self.resume_at[1] if self.resume_at and self.resume_at[0] == self.epoch else 0
+        self.resume_at = None
         for batch in batches[skip:]:
             yield batch.tolist()
 
@@ -96,8 +98,7 @@ class DiffusionDataModule(L.LightningDataModule):
         self.train_sampler = ResumableBatchSampler(range(len(self.dataset)), self.batch_size, True, self.seed,
                                                    rank, world, self.epoch_size)
         if self._resume is not None:
-            self.train_sampler.set_epoch(self._resume["epoch"])
-            self.train_sampler.skip = self._resume["batches_done"]
+            self.train_sampler.resume_at = (self._resume["epoch"], self._resume["batches_done"])
             self._resume = None
         return self._loader(self.train_sampler)
 

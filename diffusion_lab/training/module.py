@@ -11,9 +11,9 @@ from diffusion_lab.errors import ConfigError
 from diffusion_lab.metrics import sliced_wasserstein
 
 
-def step_seed(seed: int, step: int, rank: int = 0) -> int:
+def step_seed(seed: int, step: int, rank: int = 0, micro: int = 0) -> int:
     """A seed for one training step that depends only on (seed, step, rank), never on process history."""
-    return zlib.crc32(f"{seed}/{step}/{rank}".encode())
+    return zlib.crc32(f"{seed}/{step}/{rank}/{micro}".encode())
 
 
 def seed_device(device: torch.device, seed: int) -> None:
@@ -57,7 +57,7 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         x0, cond = self._split(batch)
-        seed_device(x0.device, step_seed(self.seed, self.global_step, self.global_rank))
+        seed_device(x0.device, step_seed(self.seed, self.global_step, self.global_rank, batch_idx))
         loss = diffusion_loss(self.model, x0, self.schedule, cond)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         if self.nonfinite == "skip" and not torch.isfinite(loss):

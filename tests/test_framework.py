@@ -1,0 +1,177 @@
+"""The framework: every config option composes and instantiates; training, checkpoints, resume, loggers."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from diffusion_lab.config import CONFIG_DIR, user_error
+from diffusion_lab.errors import DataError
+from diffusion_lab.train import build, train
+from tests.conftest import FAST
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+# Options that need files or hardware this machine lacks are composed but built elsewhere (see below).
+NEEDS_FILES = {"mnist", "fashion_mnist", "cifar10", "image_folder"}
+EXTRA = {
+    ("model", "cond_mlp"): ["conditional=true", "data=tree"],
+    ("data", "digits"): ["model=dit", "model.depth=1"], ("data", "mnist"): ["model=dit"],
+    ("data", "fashion_mnist"): ["model=dit"], ("data", "cifar10"): ["model=unet"], ("data", "image_folder"): ["model=dit"],
+    ("model", "dit"): ["data=digits"], ("model", "unet"): ["data=digits"],
+    ("guidance", "cfg"): ["conditional=true", "data=gaussian", "model=toy_unet"],
+    ("lr_scheduler", "cosine"): [], ("trainer", "gpu"): [],
+}
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in ["data", "model", "parameterization", "schedule", "sampler",
+                                                            "guidance", "optimizer", "lr_scheduler", "logger",
+                                                            "callbacks", "trainer"] for o in options(g)])
+def test_every_group_option_composes_and_instantiates(compose_cfg, group, option):
+    cfg = compose_cfg([f"{group}={option}", *EXTRA.get((group, option), [])])
+    assert OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    if group == "data" and option in NEEDS_FILES:
+        patch = {"root": "/nonexistent"} if option == "image_folder" else {"download": False}
+        with pytest.raises(Exception) as err:  # no files here: a clear one-line DataError, not a crash
+            instantiate(OmegaConf.merge(cfg.data, {"dataset": patch}))
+        assert isinstance(err.value.__cause__, DataError) and user_error(err.value).startswith("data.dataset: ")
+        return
+    if group == "trainer" and option == "gpu" and not torch.cuda.is_available():
+        return
+    if group == "trainer":
+        assert instantiate(cfg.trainer, logger=False).max_steps == cfg.trainer.max_steps
+        return
+    module, datamodule = build(cfg)
+    for c in (cfg.logger or {}).values():
+        instantiate(c)
+    for c in (cfg.callbacks or {}).values():
+        instantiate(c)
+    x = datamodule.dataset[0]
+    x = x[0] if isinstance(x, tuple) else x
+    cond = torch.zeros(1, dtype=torch.long) if cfg.conditional else None
+    assert module.model(x[None], torch.tensor([1.0]), cond).shape == x[None].shape
+
+
+def test_default_training_lowers_loss_and_writes_checkpoint_config_and_samples(compose_cfg, tmp_path):
+    cfg = compose_cfg([*FAST, "trainer.max_steps=200", "trainer.val_check_interval=100",
+                       "callbacks.model_checkpoint.every_n_train_steps=100", "data.epoch_size=20480"])
+    train(cfg)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 200 and ckpt["config"]["model"]["_target_"].endswith("TimeInputMLP")
+    assert set(ckpt["ema_state_dict"]) == {k.removeprefix("model.") for k in ckpt["state_dict"]}
+    assert (tmp_path / "config.yaml").is_file()
+    assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["samples_step0000100.png",
+                                                                            "samples_step0000200.png"]
+    import csv
+    rows = [r for r in csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")) if r.get("train/loss")]
+    losses = [float(r["train/loss"]) for r in rows]
+    assert len(losses) >= 4 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
+    assert any(r.get("train/lr") for r in rows) and any(r.get("train/grad_norm") for r in rows)
+
+
+def _states(path):
+    ckpt = torch.load(path, weights_only=False)
+    opt = ckpt["optimizer_states"][0]["state"]
+    return ckpt["state_dict"], ckpt["ema_state_dict"], opt, ckpt
+
+
+@pytest.mark.parametrize("extra", [[], ["lr_scheduler=cosine", "lr_scheduler.total_steps=16", "lr_scheduler.warmup_steps=4",
+                                     "trainer.accumulate_grad_batches=2"]],
+                         ids=["plain", "cosine-accumulate2"])
+def test_resume_at_epoch_boundary_is_bit_identical(compose_cfg, tmp_path, extra):
+    common = [*FAST, "data.epoch_size=4096", "data.batch_size=512", "trainer.val_check_interval=8",
+              "callbacks.model_checkpoint.every_n_train_steps=8", "model.hidden_dims=[16,32,16]", *extra]
+    train(compose_cfg([*common, "trainer.max_steps=16"], tmp_path / "straight"))
+    train(compose_cfg([*common, "trainer.max_steps=8"], tmp_path / "resumed"))
+    first = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    train(compose_cfg([*common, "trainer.max_steps=16", f"ckpt_path={first}"], tmp_path / "resumed"))
+    a, b = _states(tmp_path / "straight/checkpoints/last.ckpt"), _states(tmp_path / "resumed/checkpoints/last.ckpt")
+    assert a[3]["global_step"] == b[3]["global_step"] == 16
+    for sa, sb in zip(a[:2], b[:2]):
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    for k in a[2]:
+        assert all(torch.equal(a[2][k][n], b[2][k][n]) for n in a[2][k])
+    assert a[3]["lr_schedulers"] == b[3]["lr_schedulers"]
+
+
+def test_ckpt_path_last_resumes_the_run_directory(compose_cfg, tmp_path):
+    train(compose_cfg([*FAST, "trainer.max_steps=10"]))
+    train(compose_cfg([*FAST, "trainer.max_steps=20", "ckpt_path=last"]))
+    assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 20
+
+
+def test_wandb_offline_run_holds_metrics_and_images(compose_cfg, tmp_path):
+    train(compose_cfg([*FAST, "logger=wandb", "logger.wandb.offline=true"]))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    log = next(runs[0].glob("*.wandb")).read_bytes()
+    assert b"train/loss" in log and b"val/swd" in log
+    assert list(runs[0].glob("files/media/images/sample/grid_*.png"))
+
+
+def test_tensorboard_logger_writes_events(compose_cfg, tmp_path):
+    train(compose_cfg([*FAST, "logger=tensorboard"]))
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def run_cli(args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**__import__("os").environ, "WANDB_MODE": "offline"})
+
+
+def test_two_job_multirun_writes_one_directory_per_job(tmp_path):
+    r = run_cli(["-m", "schedule=loglinear,ddpm", *FAST, "trainer.max_steps=10",
+                 f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit())
+    assert jobs == ["0", "1"]
+    for j in jobs:
+        assert (tmp_path / "sweep" / j / "checkpoints" / "last.ckpt").is_file()
+        assert OmegaConf.load(tmp_path / "sweep" / j / "config.yaml").schedule._target_.endswith(
+            ["ScheduleLogLinear", "ScheduleDDPM"][int(j)])
+
+
+def test_optuna_sweep_runs_trials_and_minimizes_the_metric(tmp_path):
+    r = run_cli(["hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
+                 *FAST, "trainer.max_steps=10", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "sweep" / "optimization_results.yaml").is_file()
+    assert len([p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit()]) == 2
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["model=transformer"], "model"),
+    (["sampler.steps=-3"], "sampler.steps"),
+    (["schedule.sigma_min=20"], "sigma_min"),
+    (["guidance=cfg"], "conditional"),
+    (["model=dit", "data=digits", "model.patch_size=3"], "patch_size"),
+    (["conditional=true"], "no labels"),
+    (["ckpt_path=/nonexistent/last.ckpt"], "/nonexistent/last.ckpt"),
+])
+def test_config_errors_stop_before_training_with_one_line(tmp_path, args, expected):
+    r = run_cli([*args, f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert expected in r.stderr, r.stderr[-3000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_package_entry_point_runs(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "diffusion_lab.train", "--help"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "data: " in r.stdout or "data:" in r.stdout
+
+
+def test_library_layers_import_without_lightning_hydra_wandb():
+    code = ("import sys, diffusion_lab.core, diffusion_lab.models, diffusion_lab.data, diffusion_lab.metrics;"
+            "bad = [m for m in ('lightning', 'pytorch_lightning', 'hydra', 'wandb') if m in sys.modules];"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
