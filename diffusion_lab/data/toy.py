@@ -37,18 +37,23 @@ class Swissroll3D(InMemoryDataset):
     t ~ U(1.5 pi, 4.5 pi) (sklearn's range); the point is (t cos t, _, t sin t) / 4.5 pi with the
     second coordinate uniform in [-height/2, height/2], plus N(0, noise^2) on every coordinate
     (noise in these rescaled units). `t` (N,) is kept as an attribute for colouring plots.
+    With num_classes K > 0 the label is the bin of t among K equal bins along the roll (0 = innermost),
+    so a class-conditional sample is one section of the roll.
     """
 
-    def __init__(self, n_samples: int = 10000, height: float = 2.0, noise: float = 0.05, seed: int = 0) -> None:
+    def __init__(self, n_samples: int = 10000, height: float = 2.0, noise: float = 0.05, seed: int = 0,
+                 num_classes: int = 0) -> None:
         check_int("n_samples", n_samples, 1)
         check_float("height", height)
         check_float("noise", noise)
+        check_int("num_classes", num_classes, 0)
         rng = np.random.default_rng(seed)
         t = 1.5 * np.pi * (1.0 + 2.0 * rng.random(n_samples))  # (N,)
         y = height * (rng.random(n_samples) - 0.5)  # (N,)
         xyz = np.stack([t * np.cos(t) / (4.5 * np.pi), y, t * np.sin(t) / (4.5 * np.pi)], axis=1)  # (N, 3)
         xyz = xyz + noise * rng.standard_normal(xyz.shape)
-        super().__init__(torch.from_numpy(xyz), None, 0)
+        labels = np.minimum((t / (1.5 * np.pi) - 1.0) / 2.0 * num_classes, num_classes - 1).astype(np.int64)  # (N,)
+        super().__init__(torch.from_numpy(xyz), torch.from_numpy(labels) if num_classes else None, num_classes)
         self.t = torch.from_numpy(t).float()
 
 
