@@ -15,3 +15,7 @@ class DataError(DiffusionLabError, FileNotFoundError):
 
 class CheckpointError(DiffusionLabError):
     """A checkpoint is missing, corrupt or belongs to another model."""
+
+
+class NonFiniteError(DiffusionLabError, FloatingPointError):
+    """Training produced a non-finite loss or gradient; raised before the optimizer step."""

@@ -3,6 +3,7 @@
 Also `python -m diffusion_lab.train ...`. Composes configs/train.yaml, instantiates every group,
 and runs Lightning's Trainer; returns the validation metric named by `optimized_metric` for sweeps.
 """
+import warnings
 from pathlib import Path
 
 import hydra
@@ -11,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion_lab.checkpoint import load_weights, read_checkpoint, strip_prefixes
 from diffusion_lab.config import CONFIG_DIR, report_user_errors
 from diffusion_lab.core import ClassifierFreeGuidance
 from diffusion_lab.errors import CheckpointError, ConfigError
@@ -49,11 +51,15 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
 
 def train(cfg: DictConfig) -> float | None:
     """Builds everything from cfg and fits; returns cfg.optimized_metric from the final metrics."""
+    # DiffusionDataModule restores the data position itself (state_dict), which Lightning cannot see.
+    warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
     module, datamodule = build(cfg)
+    if ckpt_path:  # refuse a corrupt or foreign checkpoint in one line, before Lightning starts
+        load_weights(module.model, strip_prefixes(read_checkpoint(ckpt_path)["state_dict"], "model."), Path(ckpt_path))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

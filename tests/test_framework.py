@@ -171,7 +171,8 @@ def test_package_entry_point_runs(tmp_path):
 
 
 def test_library_layers_import_without_lightning_hydra_wandb():
-    code = ("import sys, diffusion_lab.core, diffusion_lab.models, diffusion_lab.data, diffusion_lab.metrics;"
+    code = ("import sys, diffusion_lab.core, diffusion_lab.models, diffusion_lab.data, diffusion_lab.metrics,"
+            " diffusion_lab.sampling, diffusion_lab.evaluation, diffusion_lab.plotting;"
             "bad = [m for m in ('lightning', 'pytorch_lightning', 'hydra', 'wandb') if m in sys.modules];"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

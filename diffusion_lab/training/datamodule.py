@@ -17,12 +17,13 @@ class ResumableBatchSampler:
     """
 
     def __init__(self, indices: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, epoch_size: int | None = None):
+                 rank: int = 0, world_size: int = 1, epoch_size: int | None = None, trainer=None):
         self.indices = torch.as_tensor(list(indices))
         self.epoch_size = epoch_size or len(self.indices)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.trainer = trainer  # when given, the epoch is read from trainer.current_epoch at each __iter__
         self.resume_at: tuple[int, int] | None = None  # (epoch, batches already trained on in it)
 
     def set_epoch(self, epoch: int) -> None:
@@ -39,6 +40,8 @@ class ResumableBatchSampler:
         return idx[self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
+        if self.trainer is not None:
+            self.epoch = self.trainer.current_epoch
         batches = self._rank_indices().split(self.batch_size)
         skip = self.resume_at[1] if self.resume_at and self.resume_at[0] == self.epoch else 0
         self.resume_at = None
@@ -96,7 +99,7 @@ class DiffusionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         self.train_sampler = ResumableBatchSampler(range(len(self.dataset)), self.batch_size, True, self.seed,
-                                                   rank, world, self.epoch_size)
+                                                   rank, world, self.epoch_size, self.trainer)
         if self._resume is not None:
             self.train_sampler.resume_at = (self._resume["epoch"], self._resume["batches_done"])
             self._resume = None

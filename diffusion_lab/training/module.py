@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from diffusion_lab.core import Guidance, Sampler, Schedule, diffusion_loss, per_sample_generators
-from diffusion_lab.errors import ConfigError
+from diffusion_lab.errors import ConfigError, NonFiniteError
 from diffusion_lab.metrics import sliced_wasserstein
 
 
@@ -63,14 +63,16 @@ class DiffusionModule(L.LightningModule):
         if self.nonfinite == "skip" and not torch.isfinite(loss):
             return None  # Lightning skips the optimizer step
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training stopped: non-finite loss {loss.item()} at step {self.global_step}")
+            raise NonFiniteError(f"training stopped: non-finite loss {loss.item()} at step {self.global_step} "
+                                 "(nonfinite=skip drops such steps instead); checkpoints on disk are from before it")
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
         norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         if not torch.isfinite(norm):
             if self.nonfinite == "error":
-                raise FloatingPointError(f"training stopped: non-finite gradient norm at step {self.global_step}")
+                raise NonFiniteError(f"training stopped: non-finite gradient norm at step {self.global_step} "
+                                     "(nonfinite=skip drops such steps instead)")
             optimizer.zero_grad(set_to_none=True)
         if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)

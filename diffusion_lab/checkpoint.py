@@ -1,0 +1,179 @@
+"""Checkpoints of train.py: read with one-line errors; model, sampler and guidance rebuilt from the saved config.
+
+    run = load_run("outputs/.../checkpoints/last.ckpt")        # EMA weights; ema=False for the raw ones
+    setup = sampling_setup(run, steps=10, cfg_scale=2.0)       # the checkpoint's sampler with overrides
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from diffusion_lab.core import ClassifierFreeGuidance, Guidance
+from diffusion_lab.errors import CheckpointError, ConfigError
+from diffusion_lab.sampling import SamplingSetup
+
+PREFIXES = ("module.", "_orig_mod.")  # added by DDP / DataParallel and torch.compile
+SAMPLER_SHORTCUTS = ("steps", "gam", "mu", "eta")
+
+
+@dataclass
+class Run:
+    """A trained denoiser (eval mode) and the resolved train config it was saved with."""
+
+    model: nn.Module
+    config: dict
+    path: Path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict at path; CheckpointError if it is missing, unreadable or not from diffusion_lab."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"ckpt={path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch.load raises many types for a truncated or foreign file
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CheckpointError(f"ckpt={path}: cannot read the file, it is truncated or not a torch checkpoint "
+                              f"({why})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"ckpt={path}: not a diffusion_lab checkpoint (no saved config or state_dict); "
+                              "use a .ckpt written by train.py")
+    return ckpt
+
+
+def strip_prefixes(state: dict, prefix: str = "") -> dict:
+    """Keys under `prefix` with it and any `module.` / `_orig_mod.` removed; other keys dropped."""
+    out = {}
+    for key, value in state.items():
+        if not key.startswith(prefix):
+            continue
+        key = key[len(prefix):]
+        while key.startswith(PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key.replace("._orig_mod.", ".")] = value
+    return out
+
+
+def model_state(ckpt: dict, ema: bool, path: Path) -> dict:
+    """The denoiser's weights: the EMA average (ema) or the raw training weights."""
+    if not ema:
+        return strip_prefixes(ckpt["state_dict"], "model.")
+    if "ema_state_dict" not in ckpt:
+        raise CheckpointError(f"ckpt={path}: holds no EMA weights (trained without callbacks.ema); pass ema=false")
+    return strip_prefixes(ckpt["ema_state_dict"])
+
+
+def load_weights(model: nn.Module, state: dict, path: Path) -> None:
+    """Loads state into model; CheckpointError naming the first mismatch when the checkpoint is of another model."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    name = type(getattr(model, "net", model)).__name__
+    if shapes:
+        k = shapes[0]
+        raise CheckpointError(f"ckpt={path}: weights do not fit {name} built from its config: {k} has shape "
+                              f"{list(state[k].shape)} in the file, {list(own[k].shape)} in the model "
+                              f"({len(shapes)} mismatched)")
+    if missing or unexpected:
+        detail = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise CheckpointError(f"ckpt={path}: weights do not fit {name} built from its config: {detail} "
+                              f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    model.load_state_dict(state)
+
+
+def load_run(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> Run:
+    """The denoiser of a train.py checkpoint, rebuilt from its saved config, in eval mode on device."""
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    config = ckpt["config"]
+    try:
+        model = instantiate(config["parameterization"], net=instantiate(config["model"]))
+    except Exception as err:  # noqa: BLE001 - a config from another version of the code
+        while err.__cause__ is not None:  # Hydra wraps the constructor's own error
+            err = err.__cause__
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CheckpointError(f"ckpt={path}: cannot rebuild the model from its saved config ({why})") from None
+    load_weights(model, model_state(ckpt, ema, path), path)
+    return Run(model=model.to(device).eval(), config=config, path=path)
+
+
+def sampler_config(base: dict, **shortcuts) -> dict:
+    """base (a sampler config) with the shortcuts that are not None set; each must be a setting of that sampler."""
+    cfg = dict(base)
+    for key, value in shortcuts.items():
+        if value is None:
+            continue
+        if key == "steps" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"steps={value!r} must be an integer >= 1")
+        if key not in cfg:
+            kind = str(cfg.get("_target_", "?")).rsplit(".", 1)[-1]
+            settings = [k for k in cfg if k in SAMPLER_SHORTCUTS]
+            raise ConfigError(f"{key}={value}: the sampler {kind} has no {key} (its settings: {settings}); "
+                              "pick one that has it, e.g. sampler=generalized for gam/mu, sampler=ddim for eta")
+        cfg[key] = value
+    return cfg
+
+
+def build_guidance(base: dict | None, cfg_scale: float | None, num_classes: int) -> Guidance:
+    """The guidance of config base ({} or None: none), scale set to cfg_scale; the model must be conditional."""
+    cfg = dict(base or {})
+    if cfg_scale is not None:
+        if not num_classes:
+            raise ConfigError(f"cfg_scale={cfg_scale}: the checkpoint's model is unconditional (num_classes=0); "
+                              "classifier-free guidance needs a model trained with conditional=true")
+        cfg = {"_target_": "diffusion_lab.core.ClassifierFreeGuidance", **cfg, "scale": cfg_scale}
+    guidance = instantiate(cfg) if cfg else Guidance()
+    if isinstance(guidance, ClassifierFreeGuidance) and not num_classes:
+        raise ConfigError("guidance=cfg needs a conditional model; this checkpoint's model has num_classes=0")
+    return guidance
+
+
+def sampling_setup(run: Run, sampler: dict | None = None, schedule: dict | None = None, guidance: dict | None = None,
+                   cfg_scale: float | None = None, **shortcuts) -> SamplingSetup:
+    """The checkpoint's schedule, sampler and guidance, each replaced by the given config when not None.
+
+    shortcuts (steps, gam, mu, eta) set single settings of the sampler; cfg_scale sets the
+    classifier-free guidance scale (turning guidance on for a conditional model).
+    """
+    unknown = set(shortcuts) - set(SAMPLER_SHORTCUTS)
+    if unknown:
+        raise ConfigError(f"unknown sampler settings {sorted(unknown)}; allowed: {list(SAMPLER_SHORTCUTS)}")
+    cfg = run.config
+    num_classes = getattr(run.model, "num_classes", 0)
+    guide = build_guidance(cfg.get("guidance") if guidance is None else guidance, cfg_scale, num_classes)
+    return SamplingSetup(model=run.model, schedule=instantiate(schedule or cfg["schedule"]),
+                         sampler=instantiate(sampler_config(sampler or cfg["sampler"], **shortcuts)), guidance=guide)
+
+
+def build_dataset(config: dict):
+    """The training data set named in a saved train config (torch Dataset, no DataModule)."""
+    return instantiate(config["data"]["dataset"])
+
+
+def setup_overrides(cfg) -> dict:
+    """The keyword arguments of `sampling_setup` from a sample/evaluate config: groups and shortcuts, None = keep."""
+    from omegaconf import OmegaConf
+
+    def group(key: str) -> dict | None:
+        value = cfg.get(key)
+        return None if value is None else OmegaConf.to_container(value, resolve=True)
+
+    shortcuts = {k: cfg.get(k) for k in SAMPLER_SHORTCUTS}
+    return dict(sampler=group("sampler"), schedule=group("schedule"), guidance=group("guidance"),
+                cfg_scale=cfg.get("cfg_scale"), **shortcuts)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is cuda when available, else cpu; ConfigError for a device this machine lacks."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device={name!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: no CUDA device here; use device=cpu or device=auto")
+    return device

@@ -1,0 +1,6 @@
+"""Evaluation of samples: metric suites for point data and images, the feature classifier, FID/KID, sweeps."""
+from diffusion_lab.evaluation.classifier import (FeatureClassifier, cached_classifier, classifier_outputs,
+                                                 train_classifier)
+from diffusion_lab.evaluation.grid import grid_points, plot_grid, write_csv
+from diffusion_lab.evaluation.suite import (IMAGE_METRICS, TOY_METRICS, Evaluator, classifier_cache_path, data_tensors,
+                                            default_metrics)

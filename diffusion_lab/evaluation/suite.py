@@ -1,0 +1,110 @@
+"""Scores sample sets against the data by name: point-set metrics for toy data, feature metrics for images."""
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from diffusion_lab import metrics as M
+from diffusion_lab.errors import ConfigError
+from diffusion_lab.evaluation.classifier import cached_classifier, classifier_outputs
+
+POINT_METRICS = {  # metric(samples (N, D), data (M, D))
+    "swd": M.sliced_wasserstein,
+    "mean_distance": M.mean_distance_to_data,
+    "coverage": M.coverage,
+    "mmd": M.mmd_rbf,
+    "precision": lambda x, data: M.precision_recall(data, x)[0],
+    "recall": lambda x, data: M.precision_recall(data, x)[1],
+}
+TOY_METRICS = tuple(POINT_METRICS)
+IMAGE_METRICS = ("classifier_fd", "precision", "recall", "accuracy", "fid", "kid")
+CLASSIFIER_METRICS = {"classifier_fd", "precision", "recall", "accuracy"}
+
+
+def default_metrics(image: bool, conditional: bool) -> list[str]:
+    """The metrics evaluate.py reports when none are named (all offline)."""
+    if not image:
+        return ["swd", "mean_distance", "coverage", "mmd"]
+    return ["classifier_fd", "precision", "recall"] + (["accuracy"] if conditional else [])
+
+
+def classifier_cache_path(cache_dir: str | Path, data_config: dict, steps: int) -> Path:
+    """Where the feature classifier of a data set is cached: a file named by a hash of its data config and steps."""
+    key = json.dumps({"data": data_config, "steps": steps}, sort_keys=True, default=str)
+    name = str(data_config.get("_target_", "data")).rsplit(".", 1)[-1]
+    return Path(cache_dir) / f"{name}_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+
+
+def data_tensors(dataset, max_items: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x (N, ...), labels (N,) or None) of a fixed random subset of max_items items (all when None) of a data set."""
+    n = len(dataset) if max_items is None else min(max_items, len(dataset))
+    index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values.tolist()
+    if hasattr(dataset, "__getitems__"):  # the data sets of diffusion_lab.data: one batch, x or (x, y)
+        batch = dataset.__getitems__(index)
+        return (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+    items = [dataset[i] for i in index]
+    if isinstance(items[0], (tuple, list)):
+        return torch.stack([torch.as_tensor(x) for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+    return torch.stack([torch.as_tensor(x) for x in items]), None
+
+
+class Evaluator:
+    """Scores samples against fixed reference data; feature networks are built here, so bad settings fail early.
+
+    reference: data points (N, D) or images (N, C, H, W) in [-1, 1]; labels (N,) and num_classes are
+    needed for the classifier metrics; inception_weights is a local Inception file for fid/kid, which
+    run on `device` (the small classifier runs on the CPU).
+    """
+
+    def __init__(self, reference: torch.Tensor, metrics: Sequence[str] | None = None,
+                 labels: torch.Tensor | None = None, num_classes: int = 0, classifier_cache: str | Path | None = None,
+                 classifier_steps: int = 500, inception_weights: str | None = None, conditional: bool = False,
+                 device: str | torch.device = "cpu"):
+        self.image = reference.ndim == 4
+        self.reference = reference.float()
+        self.metrics = self._check(list(metrics or default_metrics(self.image, conditional)), conditional)
+        self.classifier = self.inception = None
+        if self.image and CLASSIFIER_METRICS & set(self.metrics):
+            if labels is None or num_classes < 2:
+                raise ConfigError(f"metric={self.metrics}: classifier metrics need a labelled data set; "
+                                  "use metric=[fid,kid] for unlabelled images")
+            self.classifier = cached_classifier(self.reference, labels, num_classes, classifier_cache, classifier_steps)
+            self.real_features, _ = classifier_outputs(self.classifier, self.reference)
+        if {"fid", "kid"} & set(self.metrics):
+            from diffusion_lab.evaluation.inception import InceptionMetrics
+
+            self.inception = InceptionMetrics(self.reference, inception_weights, device=device)
+
+    def _check(self, metrics: list[str], conditional: bool) -> list[str]:
+        allowed = IMAGE_METRICS if self.image else TOY_METRICS
+        unknown = [m for m in metrics if m not in allowed]
+        if unknown:
+            kind = "images" if self.image else "point data"
+            raise ConfigError(f"metric={unknown}: not a metric for {kind}; choose from {list(allowed)}")
+        if "accuracy" in metrics and not conditional:
+            raise ConfigError("metric=accuracy needs a conditional model (samples generated per label)")
+        return metrics
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+        """{metric: value} of samples x (with the labels they were generated for, for accuracy)."""
+        x = x.float().cpu()
+        scores = self._images(x, labels) if self.image else self._points(x)
+        return {m: float(scores[m]) for m in self.metrics}
+
+    def _points(self, x: torch.Tensor) -> dict:
+        return {m: POINT_METRICS[m](x, self.reference) for m in self.metrics}
+
+    def _images(self, x: torch.Tensor, labels: torch.Tensor | None) -> dict:
+        x = x.clamp(-1, 1)  # what a saved image holds
+        out = {}
+        if self.classifier is not None:
+            feats, predicted = classifier_outputs(self.classifier, x)
+            out["classifier_fd"] = M.frechet_distance_features(self.real_features, feats)
+            out["precision"], out["recall"] = M.precision_recall(self.real_features, feats)
+            if labels is not None:
+                out["accuracy"] = (predicted == labels.cpu()).float().mean()
+        if self.inception is not None:
+            out.update(self.inception(x))
+        return out

@@ -1,0 +1,120 @@
+"""Many samples from a denoiser in batches: sample i always comes from seed + i, whatever the batch or process.
+
+    setup = SamplingSetup(model, schedule, sampler, guidance)
+    out = generate(setup, 1000, batch_size=250, seed=0)             # out.x: (1000, *input_dims)
+    part = generate(setup, 1000, seed=0, rank=1, world_size=4)      # samples 1, 5, 9, ... of the same 1000
+"""
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from diffusion_lab.core import ClassifierFreeGuidance, Guidance, Sampler, Schedule, per_sample_generators
+from diffusion_lab.errors import ConfigError
+
+
+@dataclass
+class SamplingSetup:
+    """Everything a sampler call needs besides the noise: model, training schedule, sampler, guidance."""
+
+    model: nn.Module
+    schedule: Schedule
+    sampler: Sampler
+    guidance: Guidance
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sample; classifier-free guidance evaluates the conditional and null inputs."""
+        return self.sampler.nfe * (2 if isinstance(self.guidance, ClassifierFreeGuidance) else 1)
+
+    @property
+    def num_classes(self) -> int:
+        """The model's class count (0: unconditional)."""
+        return getattr(self.model, "num_classes", 0)
+
+
+@dataclass
+class Samples:
+    """Samples x (N, *input_dims), their labels (N,) or None, and their global indices (N,): sample i used seed + i."""
+
+    x: torch.Tensor
+    labels: torch.Tensor | None
+    indices: torch.Tensor
+
+
+def shard(num_samples: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """The sample indices one process draws: every world_size-th of 0..num_samples-1, starting at rank."""
+    if num_samples < 1:
+        raise ConfigError(f"num_samples={num_samples} must be >= 1")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank={rank}, world_size={world_size}: need world_size >= 1 and 0 <= rank < world_size")
+    return list(range(rank, num_samples, world_size))
+
+
+def check_labels(labels: Sequence[int] | int | None, num_classes: int) -> list[int] | None:
+    """The requested labels as a list; ConfigError on an unconditional model or a label outside 0..num_classes-1."""
+    if labels is None:
+        return None
+    labels = [labels] if isinstance(labels, int) else list(labels)
+    if not num_classes:
+        raise ConfigError(f"labels={labels}: the model is unconditional (num_classes=0); drop labels")
+    bad = [y for y in labels if isinstance(y, bool) or not isinstance(y, int) or not 0 <= y < num_classes]
+    if bad or not labels:
+        raise ConfigError(f"labels={labels}: each label must be an integer class in 0..{num_classes - 1}")
+    return labels
+
+
+def labels_for(indices: Sequence[int], num_classes: int, labels: Sequence[int] | None = None) -> torch.Tensor | None:
+    """Sample i gets labels[i % len(labels)] (default: classes 0..K-1 in turn); None for an unconditional model."""
+    if not num_classes:
+        return None
+    choices = torch.as_tensor(check_labels(labels, num_classes) or range(num_classes))
+    return choices[torch.as_tensor(list(indices)) % len(choices)]
+
+
+def _device(model: nn.Module) -> torch.device:
+    ref = next(iter(model.parameters()), next(iter(model.buffers()), torch.empty(0)))
+    return ref.device
+
+
+def sample_batch(setup: SamplingSetup, seeds: Sequence[int],
+                 cond: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """Yields every intermediate x_t of one batch, the last being the samples; row j draws its noise from seeds[j]."""
+    device = _device(setup.model)
+    generators = per_sample_generators(seeds, device)
+    cond = None if cond is None else cond.to(device)
+    return setup.sampler(setup.model, setup.schedule, cond=cond, guidance=setup.guidance, generator=generators)
+
+
+@torch.no_grad()
+def generate(setup: SamplingSetup, num_samples: int, batch_size: int = 64, seed: int = 0,
+             labels: Sequence[int] | None = None, rank: int = 0, world_size: int = 1,
+             progress: bool = False) -> Samples:
+    """This process's share of num_samples samples (all of them when world_size=1), batch_size at a time."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be >= 1")
+    indices = torch.as_tensor(shard(num_samples, rank, world_size))
+    cond = labels_for(indices.tolist(), setup.num_classes, labels)
+    batches = indices.split(batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="sampling", unit="batch")
+    out, start = [], 0
+    for idx in batches:
+        c = None if cond is None else cond[start:start + len(idx)]
+        *_, x = sample_batch(setup, (seed + idx).tolist(), c)  # only the last x_t is kept
+        out.append(x.cpu())
+        start += len(idx)
+    return Samples(x=torch.cat(out), labels=cond, indices=indices)
+
+
+@torch.no_grad()
+def trajectory(setup: SamplingSetup, num: int = 8, seed: int = 0, labels: Sequence[int] | None = None,
+               max_frames: int = 10) -> list[torch.Tensor]:
+    """The denoising path of samples 0..num-1 (the same samples `generate` draws): up to max_frames x_t, last = x_0."""
+    indices = list(range(num))
+    frames = list(sample_batch(setup, [seed + i for i in indices], labels_for(indices, setup.num_classes, labels)))
+    keep = sorted({round(i * (len(frames) - 1) / max(max_frames - 1, 1)) for i in range(max_frames)})
+    return [frames[i].cpu() for i in keep if i < len(frames)]
