@@ -1,4 +1,4 @@
-"""Faults for tests, as callbacks a subprocess run can load: `+callbacks.kill._target_=tests.crash.KillAtStep`."""
+"""Faults and probes for tests, as callbacks a subprocess run can load: `+callbacks.kill._target_=tests.crash.KillAtStep`."""
 import os
 import signal
 
@@ -34,3 +34,14 @@ class KillDuringSave(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
         torch.save = half_save
+
+
+class DumpWeights(Callback):
+    """Each rank saves its final raw weights to dirpath/rank<r>.pt, to compare ranks after DDP training."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_train_end(self, trainer, pl_module):
+        os.makedirs(self.dirpath, exist_ok=True)
+        torch.save(pl_module.model.state_dict(), os.path.join(self.dirpath, f"rank{trainer.global_rank}.pt"))

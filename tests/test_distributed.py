@@ -1,0 +1,100 @@
+"""DDP on CPU (gloo): 2 processes, 2 torchrun nodes on localhost, SLURM detection; one run directory; exact resume."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import FAST, compose_train
+from tests.test_reliability import assert_same_training_state
+
+ROOT = Path(__file__).resolve().parents[1]
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *FAST, "data.epoch_size=4096",
+       "data.batch_size=256", "trainer.val_check_interval=10", "callbacks.model_checkpoint.every_n_train_steps=10"]
+
+
+def run(args, cwd, timeout=300):
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
+                       timeout=timeout, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def assert_ranks_identical(dump_dir):
+    a, b = (torch.load(Path(dump_dir) / f"rank{r}.pt") for r in (0, 1))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_two_processes_train_in_one_run_directory(tmp_path):
+    run([*DDP, "trainer.max_steps=20", "+callbacks.dump._target_=tests.crash.DumpWeights",
+         f"+callbacks.dump.dirpath={tmp_path}/dump"], cwd=tmp_path)
+    runs = [p for p in (tmp_path / "outputs").rglob("config.yaml") if p.parent.name != ".hydra"]
+    assert len(runs) == 1, runs  # one Hydra run directory, not one per process
+    run_dir = runs[0].parent
+    assert_ranks_identical(tmp_path / "dump")
+    ckpt = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 20
+    ema, raw = ckpt["ema_state_dict"], ckpt["state_dict"]
+    assert any(not torch.equal(ema[k], raw["model." + k]) for k in ema)  # EMA tracked the training
+    assert [p.name for p in (run_dir / "csv").iterdir()] == ["version_0"]  # only rank 0 logs
+    assert len(list((run_dir / "samples").glob("*.png"))) == 2
+
+
+@pytest.mark.slow
+def test_ddp_tiny_dit_ranks_end_identical(tmp_path):
+    run([*DDP, "model=dit", "data=digits", "model.depth=1", "model.num_heads=2", "model.head_dim=8",
+         "data.epoch_size=null", "data.batch_size=64", "trainer.max_steps=10", "trainer.val_check_interval=10",
+         "+callbacks.dump._target_=tests.crash.DumpWeights", f"+callbacks.dump.dirpath={tmp_path}/dump",
+         f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert_ranks_identical(tmp_path / "dump")
+
+
+@pytest.mark.slow
+def test_ddp_resume_is_bit_identical(tmp_path):
+    run([*DDP, "trainer.max_steps=20", f"hydra.run.dir={tmp_path}/straight"], cwd=tmp_path)
+    run([*DDP, "trainer.max_steps=10", f"hydra.run.dir={tmp_path}/resumed"], cwd=tmp_path)
+    run([*DDP, "trainer.max_steps=20", "ckpt_path=last", f"hydra.run.dir={tmp_path}/resumed"], cwd=tmp_path)
+    assert_same_training_state(tmp_path / "straight/checkpoints/last.ckpt", tmp_path / "resumed/checkpoints/last.ckpt")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_on_localhost_train_together(tmp_path):
+    port = _free_port()
+    args = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2", *FAST,
+            "trainer.max_steps=10", "+callbacks.dump._target_=tests.crash.DumpWeights",
+            f"+callbacks.dump.dirpath={tmp_path}/dump", f"hydra.run.dir={tmp_path}/run"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+                               str(ROOT / "train.py"), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outs = [p.communicate(timeout=300)[0] for p in nodes]
+    assert all(p.returncode == 0 for p in nodes), outs[0][-2000:] + outs[1][-2000:]
+    assert_ranks_identical(tmp_path / "dump")
+    assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)["global_step"] == 10
+
+
+def test_slurm_launcher_config_composes_and_fake_slurm_is_detected(tmp_path, monkeypatch):
+    from hydra.utils import instantiate
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    cfg = compose_train(["trainer=slurm", "hydra/launcher=slurm"], tmp_path)
+    assert cfg.trainer.num_nodes == 2 and cfg.trainer.strategy._target_.endswith("DDPStrategy")
+    for key, value in {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "train", "SLURM_NODEID": "0",
+                       "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODELIST": "node[1-2]", "SLURM_JOB_ID": "42",
+                       "SLURM_NNODES": "2"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(SLURMEnvironment, "_validate_srun_used", staticmethod(lambda: None), raising=False)
+    trainer = instantiate(cfg.trainer, accelerator="cpu", devices=1, logger=False)
+    assert isinstance(trainer.strategy.cluster_environment, SLURMEnvironment)
+    assert trainer.num_nodes == 2
