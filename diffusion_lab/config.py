@@ -4,7 +4,8 @@ import hashlib
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from diffusion_lab.errors import DiffusionLabError
@@ -49,10 +50,11 @@ def user_error(exc: BaseException) -> str | None:
             msg = str(e).strip().splitlines()[0]
             return f"{key}: {msg}" if key and not msg.startswith(key) else msg
     for e in chain:
+        if key and not isinstance(e, HydraException):  # a constructor rejected a config value
+            return f"{key}: {type(e).__name__}: {str(e).strip().splitlines()[0]}"
+    for e in chain:
         if isinstance(e, HydraException):
             return str(e).strip().splitlines()[0]
-        if isinstance(e, (TypeError, ValueError)) and key:  # a constructor rejected a config value
-            return f"{key}: {str(e).strip().splitlines()[0]}"
     return None
 
 
@@ -78,3 +80,24 @@ def report_user_errors(fn):
             sys.exit(2)
 
     return wrapper
+
+
+class CheckOutputDir(Callback):
+    """A Hydra callback: refuses, in one line, an output directory that cannot be created or written."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(path: str, key: str) -> None:
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            probe = Path(path) / ".write_test"
+            probe.touch()
+            probe.unlink()
+        except OSError as err:
+            print(f"error: {key}={path} is not a writable directory ({err.strerror or err})", file=sys.stderr)
+            sys.exit(2)

@@ -202,6 +202,10 @@ class GeneralizedSampler(Sampler):
 
     def __init__(self, steps: int = 20, gam: float = 1.0, mu: float = 0.0, schedule=None):
         super().__init__(steps, schedule)
+        if not 0 <= mu < 1:
+            raise ConfigError(f"sampler.mu={mu} must be in [0, 1)")
+        if gam < 1:
+            raise ConfigError(f"sampler.gam={gam} must be >= 1")
         self.gam, self.mu = gam, mu
 
     def __call__(self, model, schedule, batchsize=1, cond=None, guidance=None, generator=None, xt=None):
@@ -214,6 +218,8 @@ class DDIMSampler(Sampler):
 
     def __init__(self, steps: int = 50, eta: float = 0.0, schedule=None):
         super().__init__(steps, schedule)
+        if eta < 0:
+            raise ConfigError(f"sampler.eta={eta} must be >= 0")
         self.eta = eta
 
     def __call__(self, model, schedule, batchsize=1, cond=None, guidance=None, generator=None, xt=None):
