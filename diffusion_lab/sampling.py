@@ -118,3 +118,15 @@ def trajectory(setup: SamplingSetup, num: int = 8, seed: int = 0, labels: Sequen
     frames = list(sample_batch(setup, [seed + i for i in indices], labels_for(indices, setup.num_classes, labels)))
     keep = sorted({round(i * (len(frames) - 1) / max(max_frames - 1, 1)) for i in range(max_frames)})
     return [frames[i].cpu() for i in keep if i < len(frames)]
+
+
+def gather(part: Samples) -> Samples:
+    """All ranks' shares of a torch.distributed run, merged in sample order (every rank gets the whole set)."""
+    import torch.distributed as dist
+
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, part)
+    indices = torch.cat([p.indices for p in parts])
+    order = indices.argsort()
+    labels = None if part.labels is None else torch.cat([p.labels for p in parts])[order]
+    return Samples(x=torch.cat([p.x for p in parts])[order], labels=labels, indices=indices[order])

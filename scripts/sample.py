@@ -14,7 +14,7 @@ from diffusion_lab.checkpoint import build_dataset, load_run, resolve_device, sa
 from diffusion_lab.config import CONFIG_DIR, report_user_errors
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.models.ideal import stack_dataset
-from diffusion_lab.sampling import Samples, check_labels, generate, trajectory
+from diffusion_lab.sampling import Samples, check_labels, gather, generate, trajectory
 
 FORMATS = ("png", "pt", "npz")
 
@@ -41,6 +41,19 @@ def save(out: Samples, cfg: DictConfig, formats: list[str], reference: torch.Ten
     return paths
 
 
+def distributed() -> bool:
+    """Joins the torch.distributed group when launched by torchrun (WORLD_SIZE > 1)."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")
 @report_user_errors
 def main(cfg: DictConfig) -> None:
@@ -50,7 +63,16 @@ def main(cfg: DictConfig) -> None:
     run = load_run(cfg.ckpt, ema=cfg.ema, device=resolve_device(cfg.device))
     setup = sampling_setup(run, **setup_overrides(cfg))
     labels = check_labels(OmegaConf.to_object(cfg.labels) if cfg.labels is not None else None, setup.num_classes)
-    out = generate(setup, cfg.num_samples, cfg.batch_size, cfg.seed, labels, cfg.rank, cfg.world_size, cfg.progress)
+    if distributed():  # torchrun --nproc_per_node=N scripts/sample.py ...: split the seeds, gather on every rank
+        import torch.distributed as dist
+
+        out = gather(generate(setup, cfg.num_samples, cfg.batch_size, cfg.seed, labels, dist.get_rank(),
+                              dist.get_world_size(), cfg.progress and dist.get_rank() == 0))
+        if dist.get_rank() != 0:
+            return
+    else:
+        out = generate(setup, cfg.num_samples, cfg.batch_size, cfg.seed, labels, cfg.rank, cfg.world_size,
+                       cfg.progress)
     points = out.x.ndim == 2
     reference = stack_dataset(build_dataset(run.config), max_points=2000) if points else None
     nrow = setup.num_classes if setup.num_classes and labels is None else None

@@ -39,7 +39,7 @@ SCRIPTS = {
     "sample foreign checkpoint": ("sample", ["ckpt={foreign}"], "not a diffusion_lab checkpoint"),
     "sample cfg on unconditional": ("sample", ["ckpt={good}", "cfg_scale=3"], "unconditional"),
     "sample labels outside classes": ("sample", ["ckpt={good}", "labels=[3]"], "label"),
-    "sample steps < 1": ("sample", ["ckpt={good}", "steps=0"], "steps=0"),
+    "sample steps zero": ("sample", ["ckpt={good}", "steps=0"], "steps=0"),
     "sample unwritable output": ("sample", ["ckpt={good}", "hydra.run.dir=/proc/diffusion_lab_run"], "writable"),
     "evaluate missing checkpoint": ("evaluate", ["ckpt=/nonexistent.ckpt"], "no such file"),
     "evaluate unknown metric": ("evaluate", ["ckpt={good}", "metric=[nonsense]"], "nonsense"),
