@@ -271,3 +271,27 @@ def test_classifier_guidance_follows_the_classifier_gradient():
     grad = clf.A.T[y] - p @ clf.A.T
     expected = model(x, sigma) - 2.0 * 0.5 * grad
     assert torch.allclose(ClassifierGuidance(clf, 2.0)(model, x, sigma, y), expected, atol=1e-5)
+
+
+def test_ideal_denoiser_samples_land_on_training_points():
+    from diffusion_lab.models import IdealDenoiser
+
+    data = torch.randn(12, 2, generator=torch.Generator().manual_seed(3))
+    model = IdealDenoiser(data)
+    sig = torch.cat([ScheduleLogLinear(200, 0.002, 10).sample_sigmas(60), torch.zeros(1)])  # end at sigma = 0
+    x = final(samples(model, sig, gam=1, mu=0, batchsize=64, generator=torch.Generator().manual_seed(0)))
+    nearest = torch.cdist(x, data).min(dim=1).values  # (64,)
+    assert nearest.max() < 1e-2
+    x = final(sample_ddim(model, sig, batchsize=64, generator=torch.Generator().manual_seed(1)))
+    assert torch.cdist(x, data).min(dim=1).values.max() < 1e-2
+
+
+def test_training_loop_lowers_the_loss_without_lightning():
+    from diffusion_lab.core import Denoiser, training_loop
+    from diffusion_lab.data import Swissroll
+    from diffusion_lab.models import TimeInputMLP
+
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(Swissroll(N=100), batch_size=100, shuffle=True)
+    losses = [ns.loss.item() for ns in training_loop(loader, Denoiser(TimeInputMLP()), ScheduleLogLinear(), epochs=300)]
+    assert sum(losses[-30:]) / 30 < 0.85 * sum(losses[:30]) / 30

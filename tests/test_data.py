@@ -74,7 +74,7 @@ def test_toy_deterministic_given_seed(cls, kwargs, dims, num_classes, length, ra
 def test_toy_getitems_equals_stacked_getitem(cls, kwargs, dims, num_classes, length, random):
     ds = cls(**kwargs)
     indices = [0, 7, 3, length - 1, 7]
-    batch = ds.__getitems__(indices)
+    batch = ds.get_batch(indices)
     items = [ds[i] for i in indices]
     if num_classes == 0:
         assert torch.equal(batch, torch.stack(items))
@@ -165,7 +165,7 @@ def test_mnist_reads_idx_files(tmp_path, cls, layout, gz, split, prefix):
 def test_mnist_resize_and_rgb(tmp_path):
     write_split(tmp_path, "train", gz=True)
     ds = MNIST(str(tmp_path), image_size=32, channels=3, download=False)
-    xb, yb = ds.__getitems__([0, 4])
+    xb, yb = ds.get_batch([0, 4])
     assert ds.input_dims == (3, 32, 32) and xb.shape == (2, 3, 32, 32) and yb.tolist() == [3, 5]
     assert torch.equal(xb[:, 0], xb[:, 1]) and torch.equal(xb[:, 0], xb[:, 2])
     assert xb.min() >= -1 and xb.max() <= 1
@@ -173,8 +173,8 @@ def test_mnist_resize_and_rgb(tmp_path):
 
 def test_mnist_hflip_returns_image_or_its_mirror(tmp_path):
     write_split(tmp_path, "train", gz=True)
-    plain = MNIST(str(tmp_path), download=False).__getitems__(list(range(5)) * 8)[0]
-    flipped = MNIST(str(tmp_path), hflip=True, download=False).__getitems__(list(range(5)) * 8)[0]
+    plain = MNIST(str(tmp_path), download=False).get_batch(list(range(5)) * 8)[0]
+    flipped = MNIST(str(tmp_path), hflip=True, download=False).get_batch(list(range(5)) * 8)[0]
     same = (flipped == plain).flatten(1).all(1)
     mirrored = (flipped == plain.flip(-1)).flatten(1).all(1)
     assert (same | mirrored).all() and mirrored.any() and same.any()
@@ -226,12 +226,12 @@ def test_wrong_magic_number_raises_data_error(tmp_path):
         MNIST(str(tmp_path), split="test", download=False)
 
 
-def test_dataloader_with_collate_identity_yields_batches(tmp_path):
+def test_plain_dataloader_yields_batches(tmp_path):
     write_split(tmp_path, "train", gz=True)
-    loader = DataLoader(MNIST(str(tmp_path), download=False), batch_size=4, collate_fn=collate_identity)
+    loader = DataLoader(MNIST(str(tmp_path), download=False), batch_size=4)
     x, y = next(iter(loader))
     assert x.shape == (4, 1, 28, 28) and y.tolist() == [3, 1, 4, 1]
-    toy = next(iter(DataLoader(Sinusoid(n_samples=10), batch_size=6, collate_fn=collate_identity)))
+    toy = next(iter(DataLoader(Sinusoid(n_samples=10), batch_size=6)))
     assert toy.shape == (6, 2)
 
 
@@ -242,7 +242,7 @@ def test_real_mnist_test_set():
     assert len(ds) == 10000 and ds.data.shape == (10000, 1, 28, 28)
     assert ds.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert ds.labels.bincount().tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-    x, _ = ds.__getitems__(list(range(100)))
+    x, _ = ds.get_batch(list(range(100)))
     assert x.min() == -1 and x.max() == 1
 
 
@@ -285,7 +285,7 @@ def test_image_folder_with_classes(tmp_path):
     x, y = ds[2]
     assert x.shape == (3, 8, 8) and y.item() == 1
     assert torch.allclose(x[2], torch.ones(8, 8)) and torch.allclose(x[0], -torch.ones(8, 8))
-    xb, yb = ds.__getitems__([0, 2])
+    xb, yb = ds.get_batch([0, 2])
     assert xb.shape == (2, 3, 8, 8) and yb.tolist() == [0, 1]
 
 
@@ -295,7 +295,7 @@ def test_flat_image_folder_has_no_labels(tmp_path):
     ds = ImageFolder(str(tmp_path), image_size=6, channels=1)
     assert ds.num_classes == 0 and len(ds) == 3
     assert isinstance(ds[0], torch.Tensor) and ds[0].shape == (1, 6, 6)
-    assert ds.__getitems__([0, 1]).shape == (2, 1, 6, 6)
+    assert ds.get_batch([0, 1]).shape == (2, 1, 6, 6)
 
 
 def test_image_folder_missing_or_empty_raises(tmp_path):

@@ -1,7 +1,7 @@
 """Torch data sets: toy point clouds generated in code and image sets (MNIST, FashionMNIST, CIFAR10, Digits, folders).
 
 Every set has `num_classes` (0 when unlabelled) and `input_dims`, returns `x` or `(x, y)` per item,
-and a whole batch from `__getitems__`; pair it with `collate_identity` in a DataLoader.
+and a whole batch from `get_batch(indices)` (the framework's data module fetches batches with it).
 """
 
 from diffusion_lab.data.base import InMemoryDataset, collate_identity

@@ -35,7 +35,7 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> object:
 
 
 def collate_identity(batch: object) -> object:
-    """DataLoader `collate_fn` for sets whose `__getitems__` already returns a whole batch.
+    """DataLoader `collate_fn` for sets whose `get_batch` already returns a whole batch.
 
     A module-level function (not a lambda) so that it pickles into spawned worker processes.
     """
@@ -47,7 +47,7 @@ class InMemoryDataset(Dataset):
 
     `data` is stored as float32, except uint8 images, which stay uint8 (4x less memory) and are
     converted in `transform`. `__getitem__(i)` returns `x`, or `(x, y)` when the set has labels;
-    `__getitems__(indices)` returns the same for a whole batch in one indexing operation (use
+    `get_batch(indices)` returns the same for a whole batch in one indexing operation (use
     `collate_identity` as the DataLoader's collate_fn).
     """
 
@@ -71,7 +71,7 @@ class InMemoryDataset(Dataset):
             return x
         return x, self.labels[index]
 
-    def __getitems__(self, indices: list[int]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def get_batch(self, indices: list[int]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)
         x = self.transform(self.data[index])  # (B, *input_dims)
         if self.labels is None:

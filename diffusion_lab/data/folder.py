@@ -75,7 +75,7 @@ class ImageFolder(Dataset):
         pixels = TF.resize(pixels, [self.image_size], antialias=True)
         return TF.center_crop(pixels, [self.image_size, self.image_size])
 
-    def __getitems__(self, indices: list[int]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def get_batch(self, indices: list[int]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x = torch.stack([self.load(i) for i in indices])  # (B, C, S, S) uint8
         x = standardise_images(x, self.image_size, self.channels)
         x = random_hflip(x) if self.hflip else x
@@ -84,7 +84,7 @@ class ImageFolder(Dataset):
         return x, self.labels[torch.as_tensor(indices, dtype=torch.long)]
 
     def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        batch = self.__getitems__([index])
+        batch = self.get_batch([index])
         if self.labels is None:
             return batch[0]
         return batch[0][0], batch[1][0]

@@ -1,7 +1,7 @@
 """Image data sets (MNIST, FashionMNIST, CIFAR10, scikit-learn's Digits), all returned in [-1, 1] as (C, H, W).
 
 Images stay in memory (uint8 where the source is uint8) and are converted per batch in
-`__getitems__`: to float in [-1, 1], to `channels` (1 -> 3 repeats the grey channel, 3 -> 1 takes the
+`get_batch`: to float in [-1, 1], to `channels` (1 -> 3 repeats the grey channel, 3 -> 1 takes the
 ITU-R 601 luma), bilinearly resized to `image_size`, and randomly flipped left-right if `hflip`.
 The flip uses torch's global RNG on purpose: DataLoader seeds it differently in each worker,
 whereas a local generator would be copied into every worker and flip the same way in all.

@@ -41,8 +41,8 @@ def data_tensors(dataset, max_items: int | None = None, seed: int = 0) -> tuple[
     """(x (N, ...), labels (N,) or None) of a fixed random subset of max_items items (all when None) of a data set."""
     n = len(dataset) if max_items is None else min(max_items, len(dataset))
     index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values.tolist()
-    if hasattr(dataset, "__getitems__"):  # the data sets of diffusion_lab.data: one batch, x or (x, y)
-        batch = dataset.__getitems__(index)
+    if hasattr(dataset, "get_batch"):  # the data sets of diffusion_lab.data: one batch, x or (x, y)
+        batch = dataset.get_batch(index)
         return (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
     items = [dataset[i] for i in index]
     if isinstance(items[0], (tuple, list)):

@@ -56,6 +56,19 @@ def _identity(batch):
     return batch
 
 
+class _Batched(Dataset):
+    """Lets a DataLoader fetch a whole batch with the data set's `get_batch(indices)` in one call."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices: list[int]):
+        return self.dataset.get_batch(indices)
+
+
 class DiffusionDataModule(L.LightningDataModule):
     """Serves a data set's training batches (with labels when `labels`) and a fixed validation subset.
 
@@ -91,8 +104,8 @@ class DiffusionDataModule(L.LightningDataModule):
             raise ConfigError(f"data.num_classes={self.num_classes} but the data set has {got_classes} classes")
 
     def _loader(self, sampler: ResumableBatchSampler) -> DataLoader:
-        batched = hasattr(self.dataset, "__getitems__")
-        return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
+        batched = hasattr(self.dataset, "get_batch")
+        return DataLoader(_Batched(self.dataset) if batched else self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
                           collate_fn=_identity if batched else None, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 
