@@ -109,12 +109,16 @@ def test_ckpt_path_last_resumes_the_run_directory(compose_cfg, tmp_path):
 
 
 def test_wandb_offline_run_holds_metrics_and_images(compose_cfg, tmp_path):
+    import wandb
+
     train(compose_cfg([*FAST, "logger=wandb", "logger.wandb.offline=true"]))
+    wandb.teardown()  # stops wandb's writer process: its files are complete once this returns
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert len(runs) == 1, files
     log = next(runs[0].glob("*.wandb")).read_bytes()
-    assert b"train/loss" in log and b"val/swd" in log
-    assert list(runs[0].glob("files/media/images/sample/grid_*.png"))
+    assert b"train/loss" in log and b"val/swd" in log, (len(log), files)
+    assert list(runs[0].glob("files/media/images/sample/grid_*.png")), files
 
 
 def test_tensorboard_logger_writes_events(compose_cfg, tmp_path):
