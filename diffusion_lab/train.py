@@ -27,11 +27,14 @@ def build(cfg: DictConfig) -> tuple[DiffusionModule, L.LightningDataModule]:
     guidance = instantiate(cfg.guidance) if cfg.get("guidance") else None
     if isinstance(guidance, ClassifierFreeGuidance) and not model.num_classes:
         raise ConfigError("guidance=cfg needs a conditional model: set conditional=true (model.num_classes > 0)")
-    module = DiffusionModule(
+    parts = dict(
         model=model, schedule=instantiate(cfg.schedule), sampler=instantiate(cfg.sampler),
         optimizer=instantiate(cfg.optimizer), lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
         guidance=guidance, conditional=cfg.conditional, seed=cfg.seed, num_samples=cfg.num_samples,
         nonfinite=cfg.nonfinite, config=OmegaConf.to_container(cfg, resolve=True))
+    if cfg.get("module"):  # an experiment's own LightningModule (a partial taking the parts); it checks its data shapes
+        return instantiate(cfg.module)(**parts), datamodule
+    module = DiffusionModule(**parts)
     if tuple(model.input_dims) != tuple(datamodule.input_dims):
         raise ConfigError(f"model: {type(net).__name__} takes inputs of shape {list(model.input_dims)} but data gives "
                           f"{list(datamodule.input_dims)}; pick a model for this data (e.g. model=dit for images)")

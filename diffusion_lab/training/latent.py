@@ -1,0 +1,211 @@
+"""Latent diffusion trained in stages (Rombach et al. 2022): a KL autoencoder, a denoiser on its latents, a classifier.
+
+One run trains one stage, chosen by `mode`; the next stage starts from the last checkpoint of the one before
+(`init_from`). configs/experiment/mnist_latent.yaml gives the recommended sequence:
+
+    python train.py experiment=mnist_latent stage=reconstruction
+    python train.py experiment=mnist_latent stage=diffusion init_from=outputs/mnist_latent/reconstruction/checkpoints/last.ckpt
+    python train.py experiment=mnist_latent stage=joint init_from=outputs/mnist_latent/diffusion/checkpoints/last.ckpt
+"""
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from diffusion_lab.checkpoint import load_weights, read_checkpoint, strip_prefixes
+from diffusion_lab.core import ClassifierGuidance, Guidance, Sampler, Schedule, diffusion_loss
+from diffusion_lab.errors import CheckpointError, ConfigError, NonFiniteError
+from diffusion_lab.models.classifier import noisy_classification_loss
+from diffusion_lab.models.vae import VAE
+from diffusion_lab.training.module import DiffusionModule, seed_device, step_seed
+
+# The parts each mode trains; the others are frozen (no gradients, eval mode).
+TRAINED = {"reconstruction": ("vae",), "diffusion": ("model",), "classifier": ("classifier",),
+           "joint": ("model", "classifier")}
+PARTS_KEY = "latent_parts"  # checkpoint entry: the parts trained in this stage or an earlier one
+
+
+class LatentDiffusionModule(DiffusionModule):
+    """One stage of latent diffusion: `vae` on images, `model` (the denoiser) and `classifier` on its latents.
+
+    mode: reconstruction trains the VAE (KL-regularised reconstruction loss); diffusion trains the denoiser on
+    latents of the frozen VAE; classifier trains the noise-aware classifier on noised latents; joint trains both,
+    on diffusion loss + classifier_weight * classifier cross-entropy. init_from: a checkpoint of an earlier
+    stage; the parts it trained are loaded (the denoiser with its EMA weights when it has them). Every mode but
+    reconstruction needs a trained VAE; a VAE whose scale_factor was never fitted is fitted on the validation
+    images when training starts, so the denoiser sees unit-variance latents and the value is saved.
+    classifier_scale > 0: validation samples use classifier guidance (Dhariwal & Nichol 2021) with this
+    scale once the classifier is trained, on top of `guidance` (none or classifier-free).
+    """
+
+    def __init__(self, model: nn.Module, schedule: Schedule, sampler: Sampler, optimizer: Callable, vae: VAE,
+                 classifier: nn.Module, mode: str = "reconstruction", init_from: str | None = None,
+                 classifier_weight: float = 1.0, classifier_scale: float = 0.0,
+                 lr_scheduler: Callable | None = None, guidance: Guidance | None = None, conditional: bool = False,
+                 seed: int = 0, num_samples: int = 64, nonfinite: str = "error", config: dict | None = None):
+        super().__init__(model, schedule, sampler, optimizer, lr_scheduler, guidance, conditional, seed,
+                         num_samples, nonfinite, config)
+        if mode not in TRAINED:
+            raise ConfigError(f"stage={mode!r} must be one of {list(TRAINED)}")
+        for name, net in (("model", model), ("classifier", classifier)):
+            if tuple(net.input_dims) != vae.latent_dims:
+                raise ConfigError(f"module: the {name} takes inputs of shape {list(net.input_dims)} but the VAE "
+                                  f"makes latents of shape {list(vae.latent_dims)}")
+        self.vae, self.classifier = vae, classifier
+        self.mode, self.classifier_weight = mode, classifier_weight
+        self.trained_parts = self._load_stage(init_from) | set(TRAINED[mode])
+        self.requires_grad_(False)
+        for part in TRAINED[mode]:
+            getattr(self, part).requires_grad_(True)
+        if classifier_scale > 0 and "classifier" in self.trained_parts:
+            self.guidance = ClassifierGuidance(classifier, classifier_scale, base=self.guidance)
+
+    def _load_stage(self, init_from: str | None) -> set[str]:
+        """Loads the parts an earlier stage trained from its checkpoint; returns their names."""
+        if init_from is None:
+            if self.mode != "reconstruction":
+                raise ConfigError(f"stage={self.mode} needs init_from=PATH, the last.ckpt of a run whose VAE is "
+                                  "trained (run stage=reconstruction first)")
+            return set()
+        path = Path(init_from)
+        try:
+            ckpt = read_checkpoint(path)
+            parts = ckpt.get(PARTS_KEY)
+            if parts is None:
+                raise CheckpointError(f"ckpt={path}: not a latent-diffusion checkpoint (no {PARTS_KEY}); use a "
+                                      "last.ckpt of an earlier stage of this experiment")
+            if self.mode != "reconstruction" and "vae" not in parts:
+                raise CheckpointError(f"ckpt={path}: its VAE was never trained (trained parts: {parts})")
+            for part in parts:
+                if part == "model" and "ema_state_dict" in ckpt:
+                    state = strip_prefixes(ckpt["ema_state_dict"])
+                else:
+                    state = strip_prefixes(ckpt["state_dict"], part + ".")
+                load_weights(getattr(self, part), state, path)
+        except CheckpointError as err:
+            raise CheckpointError(f"init_from: {err}") from None
+        return set(parts)
+
+    def _images(self, batch) -> tuple[Tensor, Tensor | None]:
+        """(images (B, C, H, W), labels (B,) or None)."""
+        return (batch[0], batch[1]) if isinstance(batch, (list, tuple)) else (batch, None)
+
+    def train(self, mode: bool = True) -> "LatentDiffusionModule":
+        super().train(mode)
+        for part in {"vae", "model", "classifier"} - set(TRAINED[self.mode]):
+            getattr(self, part).eval()  # frozen parts never see dropout or label dropout
+        return self
+
+    def setup(self, stage: str) -> None:
+        data, vae = self.trainer.datamodule, self.vae
+        if data is None:
+            return
+        if tuple(data.input_dims) != (vae.in_channels, vae.image_size, vae.image_size):
+            raise ConfigError(f"module.vae takes images of shape {[vae.in_channels, vae.image_size, vae.image_size]}"
+                              f" but data gives {list(data.input_dims)}")
+        if "classifier" in TRAINED[self.mode] and data.num_classes != self.classifier.num_classes:
+            raise ConfigError(f"stage={self.mode} needs labelled data with module.classifier.num_classes="
+                              f"{self.classifier.num_classes} classes; data.num_classes={data.num_classes}")
+
+    def on_fit_start(self) -> None:
+        # scale_factor starts at exactly 1 and a fitted one is never exactly 1: fit it once, then keep it.
+        data = self.trainer.datamodule
+        if self.mode != "reconstruction" and self.vae.scale_factor.item() == 1.0 and data is not None:
+            generator = torch.Generator(self.device).manual_seed(self.seed)
+            scale = self.vae.fit_scale_factor(data.val_dataloader(), generator)
+            rank_zero_info(f"latent scale factor fitted on the validation images: {scale:.4f}")
+
+    def losses(self, x0: Tensor, labels: Tensor | None, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The mode's loss terms on images x0 (B, C, H, W); `loss` is the one minimized."""
+        if self.mode == "reconstruction":
+            loss, recon_mse, kl = self.vae.loss(x0, generator)
+            return {"loss": loss, "recon_mse": recon_mse, "kl": kl}
+        with torch.no_grad():
+            z0 = self.vae.sample_latent(x0, generator)  # (B, c, h, w), about unit variance
+        terms = {}
+        if "model" in TRAINED[self.mode]:
+            cond = labels if self.conditional else None
+            terms["diffusion_loss"] = diffusion_loss(self.model, z0, self.schedule, cond, generator)
+        if "classifier" in TRAINED[self.mode]:
+            terms["classifier_loss"], terms["accuracy"] = noisy_classification_loss(
+                self.classifier, z0, labels, self.schedule, generator)
+        if self.mode == "joint":
+            terms["loss"] = terms["diffusion_loss"] + self.classifier_weight * terms["classifier_loss"]
+        else:
+            terms["loss"] = terms.get("diffusion_loss", terms.get("classifier_loss"))
+        return terms
+
+    def training_step(self, batch, batch_idx: int) -> Tensor | None:
+        x0, labels = self._images(batch)
+        seed_device(x0.device, step_seed(self.seed, self.global_step, self.global_rank, batch_idx))
+        terms = self.losses(x0, labels)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, on_step=True, on_epoch=False)
+        loss = terms["loss"]
+        if torch.isfinite(loss):
+            return loss
+        if self.nonfinite == "skip":
+            return None  # Lightning skips the optimizer step
+        raise NonFiniteError(f"training stopped: non-finite loss {loss.item()} at step {self.global_step} "
+                             "(nonfinite=skip drops such steps instead); checkpoints on disk are from before it")
+
+    def _trained_parameters(self) -> list[nn.Parameter]:
+        return [p for part in TRAINED[self.mode] for p in getattr(self, part).parameters()]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self._trained_parameters() if p.grad is not None])
+        if not torch.isfinite(norm):
+            if self.nonfinite == "error":
+                raise NonFiniteError(f"training stopped: non-finite gradient norm at step {self.global_step} "
+                                     "(nonfinite=skip drops such steps instead)")
+            optimizer.zero_grad(set_to_none=True)
+        if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+            self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x0, labels = self._images(batch)
+        generator = torch.Generator(x0.device).manual_seed(step_seed(self.seed, batch_idx, -1))
+        terms = self.losses(x0, labels, generator)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True)
+        if batch_idx == 0:
+            self._reference = x0[: max(self.num_samples, 1)]
+
+    def on_validation_epoch_end(self) -> None:
+        """Reconstructions beside their originals (reconstruction), else images decoded from sampled latents."""
+        if self.mode != "reconstruction":
+            if "model" in self.trained_parts:
+                super().on_validation_epoch_end()  # self.generate decodes; also logs val/swd against the images
+            return
+        ref = getattr(self, "_reference", None)
+        if not self.trainer.sanity_checking and self.num_samples > 0 and ref is not None:
+            self.last_samples = self.reconstructions(ref)
+
+    @torch.no_grad()
+    def reconstructions(self, x0: Tensor) -> Tensor:
+        """Each image (B, C, H, W) with its reconstruction from the posterior mean on its right: (B, C, H, 2W)."""
+        x_hat = self.vae.decode(self.vae.mean_latent(x0)).clamp(-1, 1)
+        return torch.cat([x0, x_hat], dim=-1)
+
+    def sample_labels(self, n: int) -> Tensor | None:
+        """Labels 0, 1, ..., K-1, 0, ... when the denoiser is conditional or the classifier guides; else None."""
+        if not (self.conditional or isinstance(self.guidance, ClassifierGuidance)):
+            return None
+        return torch.arange(n, device=self.device) % (self.model.num_classes or self.classifier.num_classes)
+
+    @torch.no_grad()
+    def generate(self, n: int, seed: int | None = None) -> Tensor:
+        """n images (B, C, H, W) decoded from latents drawn with the sampler and guidance; sample i uses seed + i."""
+        return self.vae.decode(super().generate(n, seed)).clamp(-1, 1)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_fn(params=self._trained_parameters())
+        if self.lr_scheduler_fn is None:
+            return optimizer
+        scheduler = self.lr_scheduler_fn(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[PARTS_KEY] = sorted(self.trained_parts)
