@@ -1,0 +1,30 @@
+"""Smoke test of scripts/benchmark.py: a --quick run writes every field of the JSON and the markdown tables.
+
+It asserts nothing about speed: the benchmark's numbers depend on the machine and its load.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_FIELDS = {"step_ms", "cpu_ms", "samples_per_s", "peak_memory_mib", "host_reads_per_step"}
+WORKLOAD_FIELDS = {"batch", "steps", "warmup", "params", "flops_per_step", "framework", "plain", "framework_runs",
+                   "plain_runs", "ratio", "cpu_ratio", "overhead_ms", "mfu", "sampling", "sampling_cfg", "options"}
+SAMPLING_FIELDS = {"samples_per_s", "batch", "steps", "sampler", "forwards_per_step", "host_reads_per_step"}
+
+
+def test_smoke_benchmark_quick_writes_json_and_markdown(tmp_path):
+    subprocess.run([sys.executable, "scripts/benchmark.py", "--quick", "--out", str(tmp_path)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=300)
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert set(report["machine"]) >= {"device", "threads", "torch", "lightning", "peak_matmul_tflops"}
+    toy = report["workloads"]["toy"]
+    assert set(toy) >= WORKLOAD_FIELDS
+    assert set(toy["framework"]) >= RUN_FIELDS and set(toy["plain"]) >= RUN_FIELDS | {"ema"}
+    assert set(toy["sampling"]) >= SAMPLING_FIELDS and toy["sampling"]["steps"] == 20
+    assert toy["flops_per_step"] > 0 and toy["framework"]["samples_per_s"] > 0 and toy["plain"]["ema"]
+    assert toy["sampling"]["forwards_per_step"] == 1  # one denoiser call per step of the generalized sampler
+    assert set(toy["options"]["fused_adamw"]) >= RUN_FIELDS | {"relative", "mfu"}
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "| workload | batch |" in table and "\n| toy | 2048 |" in table and "| fused_adamw |" in table
