@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from diffusion_lab.checkpoint import load_weights, read_checkpoint, strip_prefixes
 from diffusion_lab.core import ClassifierGuidance, Guidance, Sampler, Schedule, diffusion_loss
-from diffusion_lab.errors import CheckpointError, ConfigError, NonFiniteError
+from diffusion_lab.errors import CheckpointError, ConfigError
 from diffusion_lab.models.classifier import noisy_classification_loss
 from diffusion_lab.models.vae import VAE
 from diffusion_lab.training.module import DiffusionModule, seed_device, step_seed
@@ -137,32 +137,15 @@ class LatentDiffusionModule(DiffusionModule):
             terms["loss"] = terms.get("diffusion_loss", terms.get("classifier_loss"))
         return terms
 
-    def training_step(self, batch, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch, batch_idx: int) -> Tensor:
         x0, labels = self._images(batch)
         seed_device(x0.device, step_seed(self.seed, self.global_step, self.global_rank, batch_idx))
         terms = self.losses(x0, labels)
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, on_step=True, on_epoch=False)
-        loss = terms["loss"]
-        if torch.isfinite(loss):
-            return loss
-        if self.nonfinite == "skip":
-            return None  # Lightning skips the optimizer step
-        raise NonFiniteError(f"training stopped: non-finite loss {loss.item()} at step {self.global_step} "
-                             "(nonfinite=skip drops such steps instead); checkpoints on disk are from before it")
+        return terms["loss"]
 
-    def _trained_parameters(self) -> list[nn.Parameter]:
+    def trained_parameters(self) -> list[nn.Parameter]:
         return [p for part in TRAINED[self.mode] for p in getattr(self, part).parameters()]
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in self._trained_parameters() if p.grad is not None])
-        if not torch.isfinite(norm):
-            if self.nonfinite == "error":
-                raise NonFiniteError(f"training stopped: non-finite gradient norm at step {self.global_step} "
-                                     "(nonfinite=skip drops such steps instead)")
-            optimizer.zero_grad(set_to_none=True)
-        if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
-            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-            self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x0, labels = self._images(batch)
@@ -198,13 +181,6 @@ class LatentDiffusionModule(DiffusionModule):
     def generate(self, n: int, seed: int | None = None) -> Tensor:
         """n images (B, C, H, W) decoded from latents drawn with the sampler and guidance; sample i uses seed + i."""
         return self.vae.decode(super().generate(n, seed)).clamp(-1, 1)
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_fn(params=self._trained_parameters())
-        if self.lr_scheduler_fn is None:
-            return optimizer
-        scheduler = self.lr_scheduler_fn(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -55,28 +55,30 @@ class DiffusionModule(L.LightningModule):
             return batch[0], batch[1] if self.conditional else None
         return batch, None
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0, cond = self._split(batch)
         seed_device(x0.device, step_seed(self.seed, self.global_step, self.global_rank, batch_idx))
         loss = diffusion_loss(self.model, x0, self.schedule, cond)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        if self.nonfinite == "skip" and not torch.isfinite(loss):
-            return None  # Lightning skips the optimizer step
-        if not torch.isfinite(loss):
-            raise NonFiniteError(f"training stopped: non-finite loss {loss.item()} at step {self.global_step} "
-                                 "(nonfinite=skip drops such steps instead); checkpoints on disk are from before it")
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
-        if not torch.isfinite(norm):
+        """Checks the gradients (a non-finite loss makes them non-finite too) before the step: one host read."""
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self.trained_parameters() if p.grad is not None])
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            pass  # float16 with a GradScaler: it skips steps whose scaled gradients overflowed
+        elif not torch.isfinite(norm):
             if self.nonfinite == "error":
-                raise NonFiniteError(f"training stopped: non-finite gradient norm at step {self.global_step} "
-                                     "(nonfinite=skip drops such steps instead)")
-            optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteError(f"training stopped: non-finite loss or gradient at step {self.global_step} "
+                                     "(nonfinite=skip drops such steps instead); checkpoints on disk are from before it")
+            optimizer.zero_grad(set_to_none=True)  # parameters without a gradient are left as they are
         if self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
             self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer updates."""
+        return list(self.model.parameters())
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x0, cond = self._split(batch)
@@ -111,7 +113,7 @@ class DiffusionModule(L.LightningModule):
         return x
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_fn(params=self.model.parameters())
+        optimizer = self.optimizer_fn(params=self.trained_parameters())
         if self.lr_scheduler_fn is None:
             return optimizer
         scheduler = self.lr_scheduler_fn(optimizer=optimizer)
