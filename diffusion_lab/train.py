@@ -3,6 +3,7 @@
 Also `python -m diffusion_lab.train ...`. Composes configs/train.yaml, instantiates every group,
 and runs Lightning's Trainer; returns the validation metric named by `optimized_metric` for sweeps.
 """
+import os
 import warnings
 from pathlib import Path
 
@@ -56,6 +57,11 @@ def train(cfg: DictConfig) -> float | None:
     """Builds everything from cfg and fits; returns cfg.optimized_metric from the final metrics."""
     # DiffusionDataModule restores the data position itself (state_dict), which Lightning cannot see.
     warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")  # inside Lightning, not ours
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and not torch.cuda.is_available():
+        # Lightning turns on torch's fork-safe NVML check of CUDA, which torch does not cache when it finds no GPU:
+        # about 0.5 ms in every optimizer step on a CPU machine, where there is no CUDA state to keep fork-safe.
+        del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)

@@ -141,7 +141,8 @@ class LatentDiffusionModule(DiffusionModule):
         x0, labels = self._images(batch)
         seed_device(x0.device, step_seed(self.seed, self.global_step, self.global_rank, batch_idx))
         terms = self.losses(x0, labels)
-        self.log_dict({f"train/{k}": v for k, v in terms.items()}, on_step=True, on_epoch=False)
+        if self.logs_this_step():
+            self.log_dict({f"train/{k}": v for k, v in terms.items()}, on_step=True, on_epoch=False)
         return terms["loss"]
 
     def trained_parameters(self) -> list[nn.Parameter]:
