@@ -308,3 +308,17 @@ def test_bad_input_exits_with_one_error_line_naming_the_key(case, bad_runs):
     assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
     assert BAD[case][1] in lines[0], lines[0]
     assert not (run_dir / "checkpoints").exists()
+
+
+REAL_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def test_real_mnist_test_files_train_as_documented(tmp_path):
+    """The README's command for a folder with only the t10k IDX files (the real MNIST test set, when present)."""
+    if not (REAL_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"real MNIST test set not present at {REAL_MNIST}")
+    cfg = compose_run(["model=dit", "data=mnist", f"data.dataset.root={REAL_MNIST}", "data.dataset.split=test",
+                       "data.dataset.download=false", "model.depth=1", *SMOKE], tmp_path)
+    train(cfg)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "samples" / "samples_step0000002.png").is_file()
