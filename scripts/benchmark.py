@@ -259,8 +259,8 @@ def plain_run(cfg: DictConfig, device: torch.device) -> dict:
 
 
 def get_batch(data, indices: torch.Tensor) -> torch.Tensor:
-    """The x0 of a whole batch from an in-memory data set (`get_batch`, formerly `__getitems__`), labels dropped."""
-    x0 = (data.get_batch if hasattr(data, "get_batch") else data.__getitems__)(indices)
+    """The x0 of a whole batch from an in-memory data set, labels dropped."""
+    x0 = data.get_batch(indices)
     return x0[0] if isinstance(x0, tuple) else x0
 
 

@@ -2,6 +2,7 @@
 import os
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -18,6 +19,15 @@ def _offline(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Runs a module's tests on one CPU thread: on a busy 2-core machine two spinning threads are many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def compose_train(overrides: list[str], out_dir, config_name: str = "train") -> DictConfig:

@@ -26,7 +26,6 @@ from diffusion_lab.data import (
     Swissroll,
     Swissroll3D,
     TreeDataset,
-    collate_identity,
 )
 from diffusion_lab.data.images import digits_split_indices
 from diffusion_lab.errors import ConfigError, DataError

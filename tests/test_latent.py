@@ -31,13 +31,7 @@ def digits(n: int, offset: int = 0) -> torch.Tensor:
     return F.interpolate(images, size=32, mode="bilinear", align_corners=False)  # (n, 1, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run on one CPU thread: on a busy 2-core machine, two spinning threads make training many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @torch.no_grad()

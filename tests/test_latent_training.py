@@ -27,13 +27,7 @@ TINY = ["experiment=mnist_latent", "trainer.max_steps=2", "trainer.val_check_int
         "module.vae.ch=8", "module.classifier.ch=8", "model.ch=8"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run on one CPU thread: on a busy 2-core machine, two spinning threads are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

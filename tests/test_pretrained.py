@@ -50,13 +50,7 @@ def tiny_pipeline(prediction_type: str) -> StableDiffusionPipeline:
                                    requires_safety_checker=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run on one CPU thread: on a busy 2-core machine, two spinning threads are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module", params=["epsilon", "v_prediction"])

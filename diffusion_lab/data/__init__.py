@@ -4,7 +4,7 @@ Every set has `num_classes` (0 when unlabelled) and `input_dims`, returns `x` or
 and a whole batch from `get_batch(indices)` (the framework's data module fetches batches with it).
 """
 
-from diffusion_lab.data.base import InMemoryDataset, collate_identity
+from diffusion_lab.data.base import InMemoryDataset
 from diffusion_lab.data.folder import IMAGE_EXTENSIONS, ImageFolder
 from diffusion_lab.data.images import CIFAR10, MNIST, Digits, FashionMNIST, ImageTensorDataset
 from diffusion_lab.data.toy import GaussianMixture, Sinusoid, Swissroll, Swissroll3D, TreeDataset
@@ -23,5 +23,4 @@ __all__ = [
     "Swissroll",
     "Swissroll3D",
     "TreeDataset",
-    "collate_identity",
 ]

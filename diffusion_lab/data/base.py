@@ -34,21 +34,12 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> object:
     return value
 
 
-def collate_identity(batch: object) -> object:
-    """DataLoader `collate_fn` for sets whose `get_batch` already returns a whole batch.
-
-    A module-level function (not a lambda) so that it pickles into spawned worker processes.
-    """
-    return batch
-
-
 class InMemoryDataset(Dataset):
     """A data set held as one tensor `data` (N, ...) and optional int64 `labels` (N,), batched by indexing.
 
     `data` is stored as float32, except uint8 images, which stay uint8 (4x less memory) and are
     converted in `transform`. `__getitem__(i)` returns `x`, or `(x, y)` when the set has labels;
-    `get_batch(indices)` returns the same for a whole batch in one indexing operation (use
-    `collate_identity` as the DataLoader's collate_fn).
+    `get_batch(indices)` returns the same for a whole batch in one indexing operation.
     """
 
     def __init__(self, data: torch.Tensor, labels: torch.Tensor | None, num_classes: int) -> None:

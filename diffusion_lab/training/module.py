@@ -12,7 +12,7 @@ from diffusion_lab.metrics import sliced_wasserstein
 
 
 def step_seed(seed: int, step: int, rank: int = 0, micro: int = 0) -> int:
-    """A seed for one training step that depends only on (seed, step, rank), never on process history."""
+    """A seed for one training (micro-)batch that depends only on its arguments, never on process history."""
     return zlib.crc32(f"{seed}/{step}/{rank}/{micro}".encode())
 
 
@@ -74,9 +74,8 @@ class DiffusionModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         """Checks the gradients (a non-finite loss makes them non-finite too) before the step: one host read."""
         norm = torch.nn.utils.get_total_norm([p.grad for p in self.trained_parameters() if p.grad is not None])
-        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            pass  # float16 with a GradScaler: it skips steps whose scaled gradients overflowed
-        elif not torch.isfinite(norm):
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # float16: it skips overflowed steps itself
+        if scaler is None and not torch.isfinite(norm):
             if self.nonfinite == "error":
                 raise NonFiniteError(f"training stopped: non-finite loss or gradient at step {self.global_step} "
                                      "(nonfinite=skip drops such steps instead); checkpoints on disk are from before it")
