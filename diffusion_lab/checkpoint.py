@@ -3,6 +3,7 @@
     run = load_run("outputs/.../checkpoints/last.ckpt")        # EMA weights; ema=False for the raw ones
     setup = sampling_setup(run, steps=10, cfg_scale=2.0)       # the checkpoint's sampler with overrides
 """
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,13 +168,37 @@ def setup_overrides(cfg) -> dict:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` is cuda when available, else cpu; ConfigError for a device this machine lacks."""
+    """`auto` is cuda when available, else cpu; ConfigError for a device this machine lacks.
+
+    Under torchrun (LOCAL_RANK set), `auto` and a bare `cuda` mean cuda:LOCAL_RANK, so that the processes
+    of a node each take their own GPU; an explicit index (`cuda:1`) is kept as given.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as err:
         raise ConfigError(f"device={name!r}: {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name}: no CUDA device here; use device=cpu or device=auto")
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", _local_gpu(os.environ["LOCAL_RANK"]))
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={device}: this machine has {torch.cuda.device_count()} CUDA devices (0 to "
+                          f"{torch.cuda.device_count() - 1})")
     return device
+
+
+def _local_gpu(local_rank: str) -> int:
+    """The GPU index of torchrun's process LOCAL_RANK on its node; 0 where each process sees a single GPU."""
+    try:
+        rank = int(local_rank)
+    except ValueError:
+        raise ConfigError(f"LOCAL_RANK={local_rank!r} must be an integer (torchrun sets it)") from None
+    count = torch.cuda.device_count()
+    if count == 1:  # e.g. SLURM or CUDA_VISIBLE_DEVICES giving each process its own single GPU
+        return 0
+    if not 0 <= rank < count:
+        raise ConfigError(f"LOCAL_RANK={rank} but this node has {count} GPUs: start at most {count} processes per "
+                          f"node (torchrun --nproc_per_node={count}) or set device=cuda:INDEX")
+    return rank

@@ -1,6 +1,7 @@
 """Config plumbing for the entry points: OmegaConf resolvers and one-line reports of user errors."""
 import functools
 import hashlib
+import re
 import sys
 from pathlib import Path
 
@@ -47,15 +48,34 @@ def user_error(exc: BaseException) -> str | None:
         exc = exc.__cause__ or exc.__context__
     for e in chain:
         if isinstance(e, (DiffusionLabError, OmegaConfBaseException)):
-            msg = str(e).strip().splitlines()[0]
+            msg = _first_line(e)
             return f"{key}: {msg}" if key and not msg.startswith(key) else msg
     for e in chain:
         if key and not isinstance(e, HydraException):  # a constructor rejected a config value
-            return f"{key}: {type(e).__name__}: {str(e).strip().splitlines()[0]}"
+            return f"{key}: {type(e).__name__}: {_first_line(e)}"
     for e in chain:
         if isinstance(e, HydraException):
-            return str(e).strip().splitlines()[0]
+            return _first_line(e)
     return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """exc's own message in one line; for an error re-raised from a DataLoader worker, the original error's message.
+
+    torch re-raises a worker's error in the main process as the same type with the message
+    `Caught X in DataLoader worker process N.\nOriginal Traceback ...\n<module>.X: <message>`.
+    """
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("Caught ") and len(lines) > 1 and lines[1].startswith("Original Traceback"):
+        names = (f"{type(exc).__module__}.{type(exc).__qualname__}: ", f"{type(exc).__qualname__}: ")
+        for line in reversed(lines[2:]):
+            for name in names:
+                if line.startswith(name):
+                    return line[len(name):].strip()
+        return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1].strip(), count=1)
+    return lines[0]
 
 
 def _full_key(message: str) -> str | None:

@@ -60,7 +60,10 @@ def main(cfg: DictConfig) -> None:
     formats = [cfg.save] if isinstance(cfg.save, str) else list(cfg.save or [])
     if any(f not in FORMATS for f in formats):
         raise ConfigError(f"save={formats}: each must be one of {list(FORMATS)}")
-    run = load_run(cfg.ckpt, ema=cfg.ema, device=resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    if device.index is not None and device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's all_gather_object works on the current device: one GPU per rank
+    run = load_run(cfg.ckpt, ema=cfg.ema, device=device)
     setup = sampling_setup(run, **setup_overrides(cfg))
     labels = check_labels(OmegaConf.to_object(cfg.labels) if cfg.labels is not None else None, setup.num_classes)
     if distributed():  # torchrun --nproc_per_node=N scripts/sample.py ...: split the seeds, gather on every rank

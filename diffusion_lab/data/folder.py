@@ -70,8 +70,9 @@ class ImageFolder(Dataset):
         try:
             with Image.open(path) as image:
                 pixels = TF.pil_to_tensor(image.convert("L" if self.channels == 1 else "RGB"))  # (C, H, W)
-        except OSError as err:
-            raise DataError(f"cannot read image {path}: {err}") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # PIL's ways to fail a file
+            why = str(err).replace(f" {str(path)!r}", "").strip().split("\n")[0] or type(err).__name__
+            raise DataError(f"data: cannot read image {path} ({why})") from None
         pixels = TF.resize(pixels, [self.image_size], antialias=True)
         return TF.center_crop(pixels, [self.image_size, self.image_size])
 
