@@ -4,6 +4,8 @@ Also `python -m diffusion_lab.train ...`. Composes configs/train.yaml, instantia
 and runs Lightning's Trainer; returns the validation metric named by `optimized_metric` for sweeps.
 """
 import os
+import signal
+import sys
 import warnings
 from pathlib import Path
 
@@ -11,12 +13,16 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_lab.checkpoint import load_weights, read_checkpoint, strip_prefixes
 from diffusion_lab.config import CONFIG_DIR, report_user_errors
+from diffusion_lab.config_checks import check_config
 from diffusion_lab.core import ClassifierFreeGuidance
-from diffusion_lab.errors import CheckpointError, ConfigError
+from diffusion_lab.errors import ConfigError
+from diffusion_lab.runs import RunDirectory, check_resume_config, resolve_ckpt_path
+from diffusion_lab.training.checkpointing import RunInterrupted
 from diffusion_lab.training.module import DiffusionModule
 
 
@@ -32,7 +38,7 @@ def build(cfg: DictConfig) -> tuple[DiffusionModule, L.LightningDataModule]:
         model=model, schedule=instantiate(cfg.schedule), sampler=instantiate(cfg.sampler),
         optimizer=instantiate(cfg.optimizer), lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
         guidance=guidance, conditional=cfg.conditional, seed=cfg.seed, num_samples=cfg.num_samples,
-        nonfinite=cfg.nonfinite, config=OmegaConf.to_container(cfg, resolve=True))
+        nonfinite=cfg.nonfinite, max_skipped_steps=cfg.max_skipped_steps, config=OmegaConf.to_container(cfg, resolve=True))
     if cfg.get("module"):  # an experiment's own LightningModule (a partial taking the parts); it checks its data shapes
         return instantiate(cfg.module)(**parts), datamodule
     module = DiffusionModule(**parts)
@@ -42,19 +48,9 @@ def build(cfg: DictConfig) -> tuple[DiffusionModule, L.LightningDataModule]:
     return module, datamodule
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
-    """`last` means this run directory's checkpoints/last.ckpt; anything else must be an existing file."""
-    if ckpt_path is None:
-        return None
-    path = Path(output_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-    if not path.is_file():
-        hint = " (ckpt_path=last looks in hydra.run.dir)" if ckpt_path == "last" else ""
-        raise CheckpointError(f"ckpt_path: no checkpoint at {path}{hint}")
-    return str(path)
-
-
 def train(cfg: DictConfig) -> float | None:
     """Builds everything from cfg and fits; returns cfg.optimized_metric from the final metrics."""
+    check_config(cfg)
     # DiffusionDataModule restores the data position itself (state_dict), which Lightning cannot see.
     warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")  # inside Lightning, not ours
@@ -65,34 +61,55 @@ def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     module, datamodule = build(cfg)
-    if ckpt_path:  # refuse a corrupt or foreign checkpoint in one line, before Lightning starts
-        load_weights(module.model, strip_prefixes(read_checkpoint(ckpt_path)["state_dict"], "model."), Path(ckpt_path))
+    if ckpt_path:  # refuse a corrupt or foreign checkpoint, or a change of model, data or schedule, in one line
+        ckpt = read_checkpoint(ckpt_path)
+        check_resume_config(ckpt["config"], module.config, ckpt_path)
+        load_weights(module.model, strip_prefixes(ckpt["state_dict"], "model."), Path(ckpt_path))
+        del ckpt
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    if trainer.is_global_zero:
-        Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
     if cfg.get("compile"):
         module.model.net.forward = torch.compile(module.model.net.forward)
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    finally:
-        for logger in trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                logger.experiment.finish()  # flush the run (offline runs are then ready for `wandb sync`)
-    metric = cfg.get("optimized_metric")
-    if metric and metric in trainer.callback_metrics:
-        return float(trainer.callback_metrics[metric])
+    with RunDirectory(run_dir, ckpt_path, auto=cfg.get("ckpt_path") == "auto", writer=trainer.is_global_zero):
+        if trainer.is_global_zero:
+            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        finally:
+            for logger in trainer.loggers:
+                if type(logger).__name__ == "WandbLogger":
+                    logger.experiment.finish()  # flush the run (offline runs are then ready for `wandb sync`)
+    return optimized_metric(cfg, trainer.callback_metrics)
+
+
+def optimized_metric(cfg: DictConfig, metrics: dict) -> float | None:
+    """cfg.optimized_metric's final value; a sweep that optimizes a metric never logged is a config error."""
+    from hydra.core.hydra_config import HydraConfig
+
+    name = cfg.get("optimized_metric")
+    if name and name in metrics:
+        return float(metrics[name])
+    if name and HydraConfig.initialized() and HydraConfig.get().runtime.choices.get("hparams_search"):
+        raise ConfigError(f"optimized_metric={name} was never logged, so the sweep has nothing to optimize; "
+                          f"logged: {sorted(metrics)}")
     return None
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @report_user_errors
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    try:
+        return train(cfg)
+    except RunInterrupted as stop:  # the run is saved; exit as a process killed by that signal would, non-zero
+        print(stop, file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    except SIGTERMException:  # Lightning's own handling, when no RunCheckpoint is configured (callbacks=none)
+        print("stopped by SIGTERM (no checkpoint callback configured, nothing saved)", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -201,9 +201,10 @@ def compose_run(workload: str, overrides: list[str], out_dir: str, warmup: int, 
            "trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false", f"trainer.max_steps={warmup + steps + 1}"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[*WORKLOADS[workload].overrides, *run, *timer, *overrides])
+    run_dir = tempfile.mkdtemp(dir=out_dir)  # a run directory holds one run
     with open_dict(cfg):
-        cfg.paths.root_dir = cfg.paths.output_dir = out_dir
-        cfg.paths.data_dir = f"{out_dir}/data"
+        cfg.paths.root_dir = cfg.paths.output_dir = run_dir
+        cfg.paths.data_dir = f"{run_dir}/data"
         if cfg.model._target_.endswith(("DiT", "Unet")):  # FashionMNIST's shape, without the download
             cfg.data.dataset = dict(_target_=f"{__name__}.random_images", n=60000, image_size="${data.input_dims.1}",
                                     channels="${data.input_dims.0}", num_classes="${data.num_classes}",

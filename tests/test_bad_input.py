@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 
 TRAIN = {
     "unknown option": (["model=transformer"], "Could not find 'model/transformer'"),
-    "wrong type": (["trainer.max_steps=abc"], "trainer"),
+    "wrong type": (["trainer.max_steps=abc"], "trainer.max_steps"),
+    "learning rate out of range": (["optimizer.lr=-1"], "optimizer.lr"),
+    "validation interval zero": (["trainer.val_check_interval=0"], "trainer.val_check_interval"),
     "steps out of range": (["sampler.steps=0"], "sampler.steps=0"),
     "schedule out of range": (["schedule.sigma_min=20"], "sigma_min"),
     "missing data root": (["model=dit", "data=mnist", "data.dataset.root=/nonexistent/mnist",
@@ -32,6 +34,8 @@ TRAIN = {
     "labels from unlabelled data": (["conditional=true"], "no labels"),
     "patch size": (["model=dit", "data=digits", "model.patch_size=3"], "patch_size"),
     "unwritable output": (["hydra.run.dir=/proc/diffusion_lab_run"], "not a writable directory"),
+    "reused run directory": ([], "already holds a run"),
+    "resume into another run": (["ckpt_path={foreign_run}"], "mix two runs"),
 }
 SCRIPTS = {
     "sample missing checkpoint": ("sample", ["ckpt=/nonexistent.ckpt"], "no such file"),
@@ -58,7 +62,9 @@ def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     earlier = root / "earlier_run"
     train(compose_train([*FAST, "trainer.max_steps=10"], earlier))
-    files = {"good": earlier / "checkpoints/last.ckpt", "corrupt": root / "corrupt.ckpt", "foreign": root / "foreign.ckpt"}
+    train(compose_train([*FAST, "trainer.max_steps=5"], root / "other_run"))
+    files = {"good": earlier / "checkpoints/last.ckpt", "corrupt": root / "corrupt.ckpt", "foreign": root / "foreign.ckpt",
+             "foreign_run": root / "other_run/checkpoints/last.ckpt"}
     files["corrupt"].write_bytes(files["good"].read_bytes()[:4096])
     torch.save({"weights": torch.zeros(3)}, files["foreign"])
     before = _digest(earlier)

@@ -152,27 +152,43 @@ def test_optuna_sweep_runs_trials_and_minimizes_the_metric(tmp_path):
     assert len([p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit()]) == 2
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["model=transformer"], "model"),
-    (["sampler.steps=-3"], "sampler.steps"),
-    (["schedule.sigma_min=20"], "sigma_min"),
-    (["guidance=cfg"], "conditional"),
-    (["model=dit", "data=digits", "model.patch_size=3"], "patch_size"),
-    (["conditional=true"], "no labels"),
-    (["ckpt_path=/nonexistent/last.ckpt"], "/nonexistent/last.ckpt"),
-])
-def test_config_errors_stop_before_training_with_one_line(tmp_path, args, expected):
-    r = run_cli([*args, f"hydra.run.dir={tmp_path}/run"], tmp_path)
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert expected in r.stderr, r.stderr[-3000:]
-    assert not (tmp_path / "run" / "checkpoints").exists()
+CONFIG_ERRORS = {
+    "unknown option": (["model=transformer"], "model"),
+    "steps": (["sampler.steps=-3"], "sampler.steps"),
+    "schedule": (["schedule.sigma_min=20"], "sigma_min"),
+    "cfg unconditional": (["guidance=cfg"], "conditional"),
+    "patch size": (["model=dit", "data=digits", "model.patch_size=3"], "patch_size"),
+    "no labels": (["conditional=true"], "no labels"),
+    "missing checkpoint": (["ckpt_path=/nonexistent/last.ckpt"], "/nonexistent/last.ckpt"),
+}
+
+
+@pytest.fixture(scope="module")
+def config_error_runs(tmp_path_factory):
+    """Every CONFIG_ERRORS invocation of train.py, run at once (each is mostly interpreter start-up)."""
+    root = tmp_path_factory.mktemp("config_errors")
+    env = {**__import__("os").environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    procs = {name: subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={root / str(i)}"],
+                                    cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, (name, (args, _)) in enumerate(CONFIG_ERRORS.items())}
+    return root, {name: (p.wait(timeout=600), p.communicate()[1]) for name, p in procs.items()}
+
+
+@pytest.mark.parametrize("name", CONFIG_ERRORS)
+def test_config_errors_stop_before_training_with_one_line(config_error_runs, name):
+    root, results = config_error_runs
+    code, stderr = results[name]
+    assert code != 0
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert CONFIG_ERRORS[name][1] in stderr, stderr[-3000:]
+    index = list(CONFIG_ERRORS).index(name)
+    assert not (root / str(index) / "checkpoints").exists()
 
 
 def test_package_entry_point_runs(tmp_path):
     r = subprocess.run([sys.executable, "-m", "diffusion_lab.train", "--help"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=120)
-    assert r.returncode == 0 and "data: " in r.stdout or "data:" in r.stdout
+    assert r.returncode == 0 and "data:" in r.stdout, r.stderr[-2000:]
 
 
 def test_library_layers_import_without_lightning_hydra_wandb():

@@ -1,5 +1,6 @@
 """The Lightning layer: the LightningModule, the DataModule and the callbacks."""
-from diffusion_lab.training.callbacks import EMA, AtomicCheckpointIO, SampleImages
+from diffusion_lab.training.callbacks import EMA, SampleImages
+from diffusion_lab.training.checkpointing import AtomicCheckpointIO, RunCheckpoint, RunInterrupted
 from diffusion_lab.training.datamodule import DiffusionDataModule, ResumableBatchSampler
 from diffusion_lab.training.latent import LatentDiffusionModule
 from diffusion_lab.training.lr import WarmupCosine

@@ -1,10 +1,7 @@
-"""Callbacks: EMA of the weights (torch-ema), sample pictures, atomic checkpoint files."""
-import os
+"""Callbacks: EMA of the weights (torch-ema) and sample pictures."""
 from pathlib import Path
 
 import lightning as L
-import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from torch_ema import ExponentialMovingAverage
 
@@ -16,9 +13,10 @@ class EMA(Callback):
     """Keeps an exponential moving average of the model's weights (torch-ema).
 
     Validation and sampling see the EMA weights; training always continues on the raw ones. With
-    warmup, the decay ramps as min(decay, (1 + n) / (10 + n)) over the first updates. The EMA state
-    lives in the checkpoint (callback state) and the averaged weights are also exported under
-    checkpoint["ema_state_dict"], keyed like `model.state_dict()` (no `module.` or `_orig_mod.` prefix).
+    warmup, the decay ramps as min(decay, (1 + n) / (10 + n)) over the first updates. The averaged weights
+    are stored once, under checkpoint["ema_state_dict"] keyed like `model.state_dict()` (no `module.` or
+    `_orig_mod.` prefix; buffers are the model's own); the callback state holds only the update count. A
+    resumed run averages with the decay of its config.
     """
 
     def __init__(self, decay: float = 0.999, warmup: bool = True, update_every: int = 1):
@@ -29,14 +27,16 @@ class EMA(Callback):
         self.decay, self.warmup, self.update_every = decay, warmup, update_every
         self.ema: ExponentialMovingAverage | None = None
         self._pending: dict | None = None
+        self._exported: dict | None = None  # checkpoint["ema_state_dict"] while a checkpoint is being loaded
         self._swapped = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.ema is None:
             self.ema = ExponentialMovingAverage(pl_module.model.parameters(), decay=self.decay,
                                                 use_num_updates=self.warmup)
+            self._names = [name for name, _ in pl_module.model.named_parameters()]
         if self._pending is not None:
-            self.ema.load_state_dict(self._pending)
+            self._load(self._pending)
             self._pending = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -72,18 +72,31 @@ class EMA(Callback):
         self.swap_out(pl_module)
 
     def state_dict(self) -> dict:
-        return self.ema.state_dict() if self.ema is not None else {}
+        return {"num_updates": self.ema.num_updates} if self.ema is not None else {}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._exported = checkpoint.get("ema_state_dict")  # Lightning calls load_state_dict next
 
     def load_state_dict(self, state_dict: dict) -> None:
         if self.ema is None:
             self._pending = state_dict
         else:
-            self.ema.load_state_dict(state_dict)
+            self._load(state_dict)
+
+    def _load(self, state: dict) -> None:
+        if "shadow_params" not in state:  # the averaged weights are in ema_state_dict, by name
+            exported = self._exported or {}
+            if any(n not in exported for n in self._names):
+                raise ConfigError("ckpt_path: the checkpoint's ema_state_dict does not hold this model's parameters")
+            state = {"num_updates": state.get("num_updates"), "collected_params": None,
+                     "shadow_params": [exported[n] for n in self._names]}
+        self.ema.load_state_dict({**state, "decay": self.decay})
+        self._exported = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        names = [n for n, p in pl_module.model.named_parameters() if p.requires_grad]
+        # torch-ema keeps one shadow per parameter, frozen ones included, in named_parameters() order.
         state = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
-        for name, shadow in zip(names, self.ema.shadow_params):
+        for (name, _), shadow in zip(pl_module.model.named_parameters(), self.ema.shadow_params, strict=True):
             state[name] = shadow.detach().clone()
         checkpoint["ema_state_dict"] = state
 
@@ -117,23 +130,3 @@ def _log_image(logger, key: str, path: Path, step: int) -> None:
 
         image = np.asarray(Image.open(path).convert("RGB"))
         logger.experiment.add_image(key, image, step, dataformats="HWC")
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file in the same directory, flushes it, then renames it into place.
-
-    A kill during a save leaves the previous checkpoint intact; a leftover temporary file from a
-    killed save is removed at the next save.
-    """
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
-        tmp = path.parent / f".{path.name}.tmp"
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)

@@ -44,9 +44,12 @@ class LatentDiffusionModule(DiffusionModule):
                  classifier: nn.Module, mode: str = "reconstruction", init_from: str | None = None,
                  classifier_weight: float = 1.0, classifier_scale: float = 0.0,
                  lr_scheduler: Callable | None = None, guidance: Guidance | None = None, conditional: bool = False,
-                 seed: int = 0, num_samples: int = 64, nonfinite: str = "error", config: dict | None = None):
-        super().__init__(model, schedule, sampler, optimizer, lr_scheduler, guidance, conditional, seed,
-                         num_samples, nonfinite, config)
+                 seed: int = 0, num_samples: int = 64, nonfinite: str = "error", max_skipped_steps: int = 10,
+                 config: dict | None = None):
+        super().__init__(model=model, schedule=schedule, sampler=sampler, optimizer=optimizer,
+                         lr_scheduler=lr_scheduler, guidance=guidance, conditional=conditional, seed=seed,
+                         num_samples=num_samples, nonfinite=nonfinite, max_skipped_steps=max_skipped_steps,
+                         config=config)
         if mode not in TRAINED:
             raise ConfigError(f"stage={mode!r} must be one of {list(TRAINED)}")
         for name, net in (("model", model), ("classifier", classifier)):

@@ -1,4 +1,5 @@
 """The LightningModule: trains any denoiser through the core library and samples from it at validation."""
+import logging
 import zlib
 from collections.abc import Callable
 
@@ -9,6 +10,10 @@ from torch import nn
 from diffusion_lab.core import Guidance, Sampler, Schedule, diffusion_loss, per_sample_generators
 from diffusion_lab.errors import ConfigError, NonFiniteError
 from diffusion_lab.metrics import sliced_wasserstein
+
+log = logging.getLogger(__name__)
+# Scheduler state that counts progress; everything else in it is a setting the current config decides.
+SCHEDULER_PROGRESS = ("last_epoch", "_step_count", "_last_lr", "_is_initial", "_get_lr_called_within_step")
 
 
 def step_seed(seed: int, step: int, rank: int = 0, micro: int = 0) -> int:
@@ -27,23 +32,29 @@ def seed_device(device: torch.device, seed: int) -> None:
 class DiffusionModule(L.LightningModule):
     """Trains `model` (an eps/x0/v denoiser) on a noise `schedule`; validation samples with `sampler` and `guidance`.
 
-    optimizer and lr_scheduler are partials that take the parameters / the optimizer. Every step's
-    noise, sigmas and label dropout come from a generator seeded by (seed, global step, rank), so a
-    resumed run draws exactly what an uninterrupted one would.
+    optimizer and lr_scheduler are partials that take the parameters / the optimizer; on resume their
+    current settings (lr, weight decay, warmup, ...) replace the checkpoint's, keeping its progress. Every
+    step's noise, sigmas and label dropout come from a generator seeded by (seed, global step, rank), so a
+    resumed run draws exactly what an uninterrupted one would. nonfinite=skip drops a step with a non-finite
+    gradient and stops after max_skipped_steps of them in a row. Training ends with a validation.
     """
 
     def __init__(self, model: nn.Module, schedule: Schedule, sampler: Sampler, optimizer: Callable,
                  lr_scheduler: Callable | None = None, guidance: Guidance | None = None, conditional: bool = False,
-                 seed: int = 0, num_samples: int = 64, nonfinite: str = "error", config: dict | None = None):
+                 seed: int = 0, num_samples: int = 64, nonfinite: str = "error", max_skipped_steps: int = 10,
+                 config: dict | None = None):
         super().__init__()
         if nonfinite not in ("error", "skip"):
             raise ConfigError(f"nonfinite={nonfinite!r} must be 'error' or 'skip'")
+        if max_skipped_steps < 1:
+            raise ConfigError(f"max_skipped_steps={max_skipped_steps} must be >= 1")
         if conditional and not getattr(model, "num_classes", 0):
             raise ConfigError("conditional=true needs a model with num_classes > 0 (model.num_classes)")
         self.model = model
         self.schedule, self.sampler, self.guidance = schedule, sampler, guidance or Guidance()
         self.optimizer_fn, self.lr_scheduler_fn = optimizer, lr_scheduler
         self.conditional, self.seed, self.num_samples, self.nonfinite = conditional, seed, num_samples, nonfinite
+        self.max_skipped_steps, self.skipped = max_skipped_steps, {"in_a_row": 0, "total": 0}
         self.config = config
         self.last_samples: torch.Tensor | None = None
 
@@ -76,13 +87,33 @@ class DiffusionModule(L.LightningModule):
         norm = torch.nn.utils.get_total_norm([p.grad for p in self.trained_parameters() if p.grad is not None])
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # float16: it skips overflowed steps itself
         if scaler is None and not torch.isfinite(norm):
-            if self.nonfinite == "error":
-                raise NonFiniteError(f"training stopped: non-finite loss or gradient at step {self.global_step} "
-                                     "(nonfinite=skip drops such steps instead); checkpoints on disk are from before it")
-            optimizer.zero_grad(set_to_none=True)  # parameters without a gradient are left as they are
+            self._on_nonfinite(optimizer)
+        elif scaler is None:
+            self.skipped["in_a_row"] = 0
         if self.logs_this_step():
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
             self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+            if self.nonfinite == "skip":
+                self.log("train/skipped_steps", float(self.skipped["total"]), on_step=True, on_epoch=False)
+
+    def _on_nonfinite(self, optimizer) -> None:
+        step = self.global_step
+        if self.nonfinite == "error":
+            raise NonFiniteError(f"training stopped: non-finite loss or gradient at step {step} "
+                                 "(nonfinite=skip drops such steps instead); checkpoints on disk are from before it")
+        self.skipped["in_a_row"] += 1
+        self.skipped["total"] += 1
+        if self.skipped["in_a_row"] >= self.max_skipped_steps:
+            raise NonFiniteError(f"training stopped: {self.skipped['in_a_row']} steps in a row had a non-finite loss "
+                                 f"or gradient (nonfinite=skip, max_skipped_steps={self.max_skipped_steps}), the last "
+                                 f"at step {step}; lower optimizer.lr or check the data")
+        log.warning(f"step {step}: non-finite gradient, step skipped ({self.skipped['in_a_row']} in a row, "
+                    f"{self.skipped['total']} in all)")
+        optimizer.zero_grad(set_to_none=True)  # parameters without a gradient are left as they are
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if 0 < self.trainer.max_steps <= self.global_step:
+            self.trainer.should_stop = True  # Lightning then validates once more unless this step just did
 
     def trained_parameters(self) -> list[nn.Parameter]:
         """What the optimizer updates."""
@@ -129,3 +160,18 @@ class DiffusionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["config"] = self.config
+        checkpoint["skipped_steps"] = dict(self.skipped)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """The configured optimizer and LR-schedule settings replace the saved ones; their progress is kept."""
+        self.skipped = dict(checkpoint.get("skipped_steps", self.skipped))
+        optimizer = self.optimizer_fn(params=self.trained_parameters())
+        scheduler = self.lr_scheduler_fn(optimizer=optimizer) if self.lr_scheduler_fn else None
+        for saved in checkpoint.get("optimizer_states", [])[:1]:
+            for group, fresh in zip(saved["param_groups"], optimizer.param_groups):
+                progress = group["lr"] / group["initial_lr"] if group.get("initial_lr") else 1.0
+                group.update({k: v for k, v in fresh.items() if k != "params"})
+                group["lr"] = fresh.get("initial_lr", fresh["lr"]) * progress
+        if scheduler is not None:
+            for saved in checkpoint.get("lr_schedulers", [])[:1]:
+                saved.update({k: v for k, v in scheduler.state_dict().items() if k not in SCHEDULER_PROGRESS})
