@@ -29,6 +29,7 @@ class RunInterrupted(Exception):
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint (every other argument is its own) whose last.ckpt always holds the newest state.
 
+    - Without a monitor, save_top_k=k > 1 keeps the newest k step checkpoints (Lightning allows only -1 or 1).
     - At the final step (max_steps), last.ckpt is written unless this step's is already there: a run whose
       max_steps is not a multiple of every_n_train_steps keeps its final weights, EMA, optimizer and data
       position, and can be resumed for more steps exactly.
@@ -39,7 +40,13 @@ class RunCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, signals: Sequence[str] = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2"), **kwargs):
+        # Without a monitored metric Lightning keeps all (-1) or the newest (1); save_top_k=k keeps the newest k.
+        # (monitor=step would rank them, but then Lightning defers saves at an epoch's end to a validation.)
+        self.keep_newest = kwargs.get("save_top_k", 1) if kwargs.get("monitor") is None else 0
+        if self.keep_newest > 1:
+            kwargs["save_top_k"] = -1
         super().__init__(**kwargs)
+        self._kept: list[str] = []
         try:
             self.signals = [signal.Signals[name] for name in signals if hasattr(signal, name)]
         except KeyError as err:
@@ -91,6 +98,22 @@ class RunCheckpoint(ModelCheckpoint):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         self._restore_handlers()
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        path = self._last_checkpoint_saved
+        if self.keep_newest > 1 and path and path not in self._kept:
+            self._kept.append(path)
+            while len(self._kept) > self.keep_newest:
+                self._remove_checkpoint(trainer, self._kept.pop(0))
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "kept": list(self._kept)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        self._kept = state_dict.pop("kept", [])
+        super().load_state_dict(state_dict)
 
     def _save_newest(self, trainer: L.Trainer) -> None:
         if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
