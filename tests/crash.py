@@ -49,13 +49,14 @@ class DumpWeights(Callback):
 
 
 class SignalAtStep(Callback):
-    """Sends the signal named `signame` to this process at the end of the batch that reaches optimizer step `step`."""
+    """Sends the signal named `signame` to this process at the end of the batch that reaches optimizer step `step`
+    (in a distributed run only on global rank `rank` when it is set)."""
 
-    def __init__(self, step: int, signame: str = "SIGTERM"):
-        self.step, self.signum = step, getattr(signal, signame)
+    def __init__(self, step: int, signame: str = "SIGTERM", rank: int | None = None):
+        self.step, self.signum, self.rank = step, getattr(signal, signame), rank
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), self.signum)
 
 

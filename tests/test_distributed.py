@@ -61,6 +61,21 @@ def test_ddp_resume_is_bit_identical(tmp_path):
     assert_same_training_state(tmp_path / "straight/checkpoints/last.ckpt", tmp_path / "resumed/checkpoints/last.ckpt")
 
 
+@pytest.mark.slow
+def test_ddp_sigterm_on_one_rank_stops_every_rank_at_one_saved_step(tmp_path):
+    """Only rank 1 hears SIGTERM at step 13: the ranks agree, rank 0 saves step 13, the resume is bit-identical."""
+    run([*DDP, "trainer.max_steps=20", f"hydra.run.dir={tmp_path}/straight"], cwd=tmp_path)
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *DDP, "trainer.max_steps=20",
+                        "+callbacks.sig._target_=tests.crash.SignalAtStep", "+callbacks.sig.step=13",
+                        "+callbacks.sig.rank=1", f"hydra.run.dir={tmp_path}/stopped"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 143, r.stderr[-3000:]
+    assert torch.load(tmp_path / "stopped/checkpoints/last.ckpt", weights_only=False)["global_step"] == 13
+    run([*DDP, "trainer.max_steps=20", "ckpt_path=auto", f"hydra.run.dir={tmp_path}/stopped"], cwd=tmp_path)
+    assert_same_training_state(tmp_path / "straight/checkpoints/last.ckpt", tmp_path / "stopped/checkpoints/last.ckpt")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
