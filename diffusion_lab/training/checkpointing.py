@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from diffusion_lab.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
+POSIX_ONLY = ("SIGUSR1", "SIGUSR2")  # absent on Windows: skipped there
 
 
 class RunInterrupted(Exception):
@@ -47,10 +48,10 @@ class RunCheckpoint(ModelCheckpoint):
             kwargs["save_top_k"] = -1
         super().__init__(**kwargs)
         self._kept: list[str] = []
-        try:
-            self.signals = [signal.Signals[name] for name in signals if hasattr(signal, name)]
-        except KeyError as err:
-            raise ConfigError(f"callbacks.model_checkpoint.signals: unknown signal {err}; e.g. SIGTERM, SIGUSR1") from None
+        unknown = [name for name in signals if not hasattr(signal, name) and name not in POSIX_ONLY]
+        if unknown:
+            raise ConfigError(f"callbacks.model_checkpoint.signals: unknown signal {unknown[0]!r}; e.g. SIGTERM, SIGUSR1")
+        self.signals = [getattr(signal, name) for name in signals if hasattr(signal, name)]
         self.received: int | None = None
         self._outer: dict[int, object] = {}  # handlers installed before Lightning's (submitit's)
         self._replaced: dict[int, object] = {}  # handlers our own replaced at train start (Lightning's)
@@ -90,10 +91,10 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_and_stop(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.received is not None:  # a signal during the final validation: the run is complete; save, stop
+            self._save_and_stop(trainer)
         self._save_newest(trainer)
         self._restore_handlers()
-        if self.received is not None:  # a signal during the final validation: the run is complete and saved
-            self._save_and_stop(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
@@ -101,7 +102,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         super()._save_topk_checkpoint(trainer, monitor_candidates)
-        path = self._last_checkpoint_saved
+        path = self.best_model_path  # without a monitor: the newest step checkpoint, never last.ckpt
         if self.keep_newest > 1 and path and path not in self._kept:
             self._kept.append(path)
             while len(self._kept) > self.keep_newest:
