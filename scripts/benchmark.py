@@ -32,10 +32,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 from torch_ema import ExponentialMovingAverage
 
-from diffusion_lab.config import CONFIG_DIR
+from diffusion_lab.app.config import CONFIG_DIR
 from diffusion_lab.core import diffusion_loss
 from diffusion_lab.data import ImageTensorDataset
-from diffusion_lab.train import build, train
+from diffusion_lab.app.train import build, train
 from diffusion_lab.training import EMA
 
 HOST_READS = {"item", "tolist", "numpy", "cpu", "nonzero", "__bool__", "__int__", "__float__", "__index__"}

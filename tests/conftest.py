@@ -6,7 +6,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from diffusion_lab.config import CONFIG_DIR
+from diffusion_lab.app.config import CONFIG_DIR
 
 FAST = ["trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.log_every_n_steps=5",
         "callbacks.model_checkpoint.every_n_train_steps=10", "num_samples=16", "sampler.steps=5",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion_lab.train import train
+from diffusion_lab.app.train import train
 from tests.conftest import FAST, compose_train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_lab.config import CONFIG_DIR
-from diffusion_lab.config_checks import check_config
+from diffusion_lab.app.config import CONFIG_DIR
+from diffusion_lab.app.config_checks import check_config
 from diffusion_lab.errors import ConfigError
 from tests.conftest import compose_train
 

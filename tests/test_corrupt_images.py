@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from diffusion_lab.config import user_error
+from diffusion_lab.app.config import user_error
 from diffusion_lab.data import ImageFolder
 from diffusion_lab.errors import DataError
 

@@ -117,7 +117,7 @@ def test_slurm_launcher_config_composes_and_fake_slurm_is_detected(tmp_path, mon
 
 @pytest.mark.slow
 def test_torchrun_sampling_splits_seeds_across_ranks_and_gathers_the_same_samples(tmp_path):
-    from diffusion_lab.train import train
+    from diffusion_lab.app.train import train
 
     train(compose_train([*FAST, "trainer.max_steps=5"], tmp_path / "run"))
     ckpt = tmp_path / "run/checkpoints/last.ckpt"

@@ -18,9 +18,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
-from diffusion_lab.config import CONFIG_DIR  # importing it registers the resolvers the configs use
+from diffusion_lab.app.config import CONFIG_DIR  # importing it registers the resolvers the configs use
 from diffusion_lab.core import per_sample_generators
-from diffusion_lab.train import build, train
+from diffusion_lab.app.train import build, train
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))

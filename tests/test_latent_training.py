@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from diffusion_lab.errors import CheckpointError, ConfigError
-from diffusion_lab.train import build, train
+from diffusion_lab.app.train import build, train
 from tests.conftest import compose_train
 from tests.test_data import write_idx
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.linalg import sqrtm
 
-from diffusion_lab import metrics as M
+from diffusion_lab.evaluation import metrics as M
 
 
 def test_frechet_distance_of_diagonal_gaussians_matches_closed_form():

@@ -5,8 +5,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from diffusion_lab.data import GaussianMixture
-from diffusion_lab.plotting import save_samples, save_trajectory
-from diffusion_lab.train import train
+from diffusion_lab.evaluation.plotting import save_samples, save_trajectory
+from diffusion_lab.app.train import train
 from tests.conftest import FAST
 
 pytestmark = pytest.mark.usefixtures("one_thread")

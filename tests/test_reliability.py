@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffusion_lab.errors import NonFiniteError
-from diffusion_lab.train import build, train
+from diffusion_lab.app.train import build, train
 from tests.conftest import FAST
 
 ROOT = Path(__file__).resolve().parents[1]

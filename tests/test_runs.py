@@ -9,8 +9,8 @@ import torch
 from filelock import FileLock
 
 from diffusion_lab.errors import ConfigError, NonFiniteError
-from diffusion_lab.runs import LOCK_FILE, RunDirectory
-from diffusion_lab.train import train
+from diffusion_lab.app.runs import LOCK_FILE, RunDirectory
+from diffusion_lab.app.train import train
 from tests.test_reliability import BASE, assert_same_training_state, run_train
 
 
@@ -166,7 +166,7 @@ def test_optuna_sweep_on_a_metric_never_logged_is_one_line(tmp_path):
 def test_ema_export_pairs_names_with_shadows_when_parameters_are_frozen(compose_cfg, tmp_path):
     from hydra.utils import instantiate
 
-    from diffusion_lab.train import build
+    from diffusion_lab.app.train import build
 
     cfg = compose_cfg([*BASE, "trainer.max_steps=5"])
     module, datamodule = build(cfg)

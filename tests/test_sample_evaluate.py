@@ -9,7 +9,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from diffusion_lab.checkpoint import load_run, read_checkpoint, sampling_setup
+from diffusion_lab.app.loading import load_run, sampling_setup
+from diffusion_lab.models.weights import read_checkpoint
 from diffusion_lab.core import Denoiser, GeneralizedSampler, Guidance, ScheduleLogLinear
 from diffusion_lab.errors import CheckpointError, ConfigError
 from diffusion_lab.evaluation import Evaluator, data_tensors

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_lab import metrics as M
+from diffusion_lab.evaluation import metrics as M
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.evaluation.classifier import cached_classifier, classifier_outputs
 

@@ -6,7 +6,7 @@ from lightning.pytorch.callbacks import Callback
 from torch_ema import ExponentialMovingAverage
 
 from diffusion_lab.errors import ConfigError
-from diffusion_lab.plotting import save_samples
+from diffusion_lab.evaluation.plotting import save_samples
 
 
 class EMA(Callback):

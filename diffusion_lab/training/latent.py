@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from diffusion_lab.checkpoint import load_weights, read_checkpoint, strip_prefixes
+from diffusion_lab.models.weights import load_weights, read_checkpoint, strip_prefixes
 from diffusion_lab.core import ClassifierGuidance, Guidance, Sampler, Schedule, diffusion_loss
 from diffusion_lab.errors import CheckpointError, ConfigError
 from diffusion_lab.models.classifier import noisy_classification_loss

@@ -9,7 +9,7 @@ from torch import nn
 
 from diffusion_lab.core import Guidance, Sampler, Schedule, diffusion_loss, per_sample_generators
 from diffusion_lab.errors import ConfigError, NonFiniteError
-from diffusion_lab.metrics import sliced_wasserstein
+from diffusion_lab.evaluation.metrics import sliced_wasserstein
 
 log = logging.getLogger(__name__)
 # Scheduler state that counts progress; everything else in it is a setting the current config decides.

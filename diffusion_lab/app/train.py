@@ -1,7 +1,7 @@
 """Train a diffusion model from the Hydra config: `python train.py model=dit data=fashion_mnist`.
 
-Also `python -m diffusion_lab.train ...`. Composes configs/train.yaml, instantiates every group,
-and runs Lightning's Trainer; returns the validation metric named by `optimized_metric` for sweeps.
+Also `python -m diffusion_lab.app.train ...` and the `diffusion-lab-train` command. Composes configs/train.yaml,
+instantiates every group and runs Lightning's Trainer; returns the metric named by `optimized_metric` for sweeps.
 """
 import os
 import signal
@@ -10,24 +10,21 @@ import warnings
 from pathlib import Path
 
 import hydra
-import lightning as L
-import torch
-from hydra.utils import instantiate
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.checkpoint import load_weights, read_checkpoint, strip_prefixes
-from diffusion_lab.config import CONFIG_DIR, report_user_errors
-from diffusion_lab.config_checks import check_config
-from diffusion_lab.core import ClassifierFreeGuidance
+from diffusion_lab.app.config import CONFIG_DIR, report_user_errors
 from diffusion_lab.errors import ConfigError
-from diffusion_lab.runs import RunDirectory, check_resume_config, resolve_ckpt_path
-from diffusion_lab.training.checkpointing import RunInterrupted
-from diffusion_lab.training.module import DiffusionModule
+
+# torch and Lightning are imported when a run starts, so that `train.py --help` answers at once.
 
 
-def build(cfg: DictConfig) -> tuple[DiffusionModule, L.LightningDataModule]:
-    """Instantiates the model, schedule, sampler, guidance and data of a composed config."""
+def build(cfg: DictConfig):
+    """The LightningModule and DataModule of a composed config, every group instantiated."""
+    from hydra.utils import instantiate
+
+    from diffusion_lab.core import ClassifierFreeGuidance
+    from diffusion_lab.training.module import DiffusionModule
+
     datamodule = instantiate(cfg.data)
     net = instantiate(cfg.model)
     model = instantiate(cfg.parameterization, net=net)
@@ -50,6 +47,14 @@ def build(cfg: DictConfig) -> tuple[DiffusionModule, L.LightningDataModule]:
 
 def train(cfg: DictConfig) -> float | None:
     """Builds everything from cfg and fits; returns cfg.optimized_metric from the final metrics."""
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+
+    from diffusion_lab.app.config_checks import check_config
+    from diffusion_lab.app.runs import RunDirectory, check_resume_config, resolve_ckpt_path
+    from diffusion_lab.models.weights import load_weights, read_checkpoint, strip_prefixes
+
     check_config(cfg)
     # DiffusionDataModule restores the data position itself (state_dict), which Lightning cannot see.
     warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
@@ -71,7 +76,7 @@ def train(cfg: DictConfig) -> float | None:
         del ckpt
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if cfg.get("compile"):
         module.model.net.forward = torch.compile(module.model.net.forward)
     with RunDirectory(run_dir, ckpt_path, auto=cfg.get("ckpt_path") == "auto", writer=trainer.is_global_zero):
@@ -102,6 +107,10 @@ def optimized_metric(cfg: DictConfig, metrics: dict) -> float | None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @report_user_errors
 def main(cfg: DictConfig) -> float | None:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from diffusion_lab.training.checkpointing import RunInterrupted
+
     try:
         return train(cfg)
     except RunInterrupted as stop:  # the run is saved; exit as a process killed by that signal would, non-zero

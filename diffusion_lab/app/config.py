@@ -1,6 +1,7 @@
 """Config plumbing for the entry points: OmegaConf resolvers and one-line reports of user errors."""
 import functools
 import hashlib
+import os
 import re
 import sys
 from pathlib import Path
@@ -11,7 +12,20 @@ from omegaconf.errors import OmegaConfBaseException
 
 from diffusion_lab.errors import DiffusionLabError
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def find_config_dir() -> str:
+    """The configs/ folder: $DIFFUSION_LAB_CONFIG_DIR, else the checkout's (clone or editable install), else the
+    copy packaged in the installed wheel (diffusion_lab/configs)."""
+    package = Path(__file__).resolve().parents[1]
+    for folder in (os.environ.get("DIFFUSION_LAB_CONFIG_DIR"), package.parent / "configs", package / "configs"):
+        if folder and (Path(folder) / "train.yaml").is_file():
+            return str(Path(folder).resolve())
+    raise FileNotFoundError(f"no configs/ folder with train.yaml next to {package} or in $DIFFUSION_LAB_CONFIG_DIR; "
+                            "reinstall diffusion_lab or set DIFFUSION_LAB_CONFIG_DIR")
+
+
+CONFIG_DIR = find_config_dir()
 
 
 def _if(condition, then, otherwise):

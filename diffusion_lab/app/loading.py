@@ -1,4 +1,4 @@
-"""Checkpoints of train.py: read with one-line errors; model, sampler and guidance rebuilt from the saved config.
+"""Runs of train.py loaded for sampling: the model, sampler and guidance rebuilt from a checkpoint's saved config.
 
     run = load_run("outputs/.../checkpoints/last.ckpt")        # EMA weights; ema=False for the raw ones
     setup = sampling_setup(run, steps=10, cfg_scale=2.0)       # the checkpoint's sampler with overrides
@@ -13,9 +13,9 @@ from torch import nn
 
 from diffusion_lab.core import ClassifierFreeGuidance, Guidance
 from diffusion_lab.errors import CheckpointError, ConfigError
+from diffusion_lab.models.weights import load_weights, model_state, read_checkpoint
 from diffusion_lab.sampling import SamplingSetup
 
-PREFIXES = ("module.", "_orig_mod.")  # added by DDP / DataParallel and torch.compile
 SAMPLER_SHORTCUTS = ("steps", "gam", "mu", "eta")
 
 
@@ -26,63 +26,6 @@ class Run:
     model: nn.Module
     config: dict
     path: Path
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict at path; CheckpointError if it is missing, unreadable or not from diffusion_lab."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"ckpt={path}: no such file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch.load raises many types for a truncated or foreign file
-        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise CheckpointError(f"ckpt={path}: cannot read the file, it is truncated or not a torch checkpoint "
-                              f"({why})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"ckpt={path}: not a diffusion_lab checkpoint (no saved config or state_dict); "
-                              "use a .ckpt written by train.py")
-    return ckpt
-
-
-def strip_prefixes(state: dict, prefix: str = "") -> dict:
-    """Keys under `prefix` with it and any `module.` / `_orig_mod.` removed; other keys dropped."""
-    out = {}
-    for key, value in state.items():
-        if not key.startswith(prefix):
-            continue
-        key = key[len(prefix):]
-        while key.startswith(PREFIXES):
-            key = key.split(".", 1)[1]
-        out[key.replace("._orig_mod.", ".")] = value
-    return out
-
-
-def model_state(ckpt: dict, ema: bool, path: Path) -> dict:
-    """The denoiser's weights: the EMA average (ema) or the raw training weights."""
-    if not ema:
-        return strip_prefixes(ckpt["state_dict"], "model.")
-    if "ema_state_dict" not in ckpt:
-        raise CheckpointError(f"ckpt={path}: holds no EMA weights (trained without callbacks.ema); pass ema=false")
-    return strip_prefixes(ckpt["ema_state_dict"])
-
-
-def load_weights(model: nn.Module, state: dict, path: Path) -> None:
-    """Loads state into model; CheckpointError naming the first mismatch when the checkpoint is of another model."""
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-    name = type(getattr(model, "net", model)).__name__
-    if shapes:
-        k = shapes[0]
-        raise CheckpointError(f"ckpt={path}: weights do not fit {name} built from its config: {k} has shape "
-                              f"{list(state[k].shape)} in the file, {list(own[k].shape)} in the model "
-                              f"({len(shapes)} mismatched)")
-    if missing or unexpected:
-        detail = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise CheckpointError(f"ckpt={path}: weights do not fit {name} built from its config: {detail} "
-                              f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
-    model.load_state_dict(state)
 
 
 def load_run(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> Run:
