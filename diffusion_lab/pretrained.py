@@ -5,7 +5,7 @@ presents it in the frame of the core samplers, x = x0 + sigma * eps, so any core
 guidance drive it. diffusers and transformers are imported only when a pipeline is loaded.
 
     den = DiffusersDenoiser("path/to/folder_from_save_pretrained")
-    images = generate(den, ["a photo of a cat"], sampler=DDIMSampler(steps=50), guidance_scale=7.5)
+    images = text_to_image(den, ["a photo of a cat"], sampler=DDIMSampler(steps=50), guidance_scale=7.5)
 """
 
 import os
@@ -15,14 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from diffusion_lab.core.guidance import ClassifierFreeGuidance, Guidance
-from diffusion_lab.core.parameterization import v_to_eps, x0_to_eps
+from diffusion_lab.core.parameterization import Denoiser
 from diffusion_lab.core.samplers import DDIMSampler, Generators, Sampler
 from diffusion_lab.core.schedules import Schedule, sigma_from_alpha_bar
 from diffusion_lab.errors import CheckpointError, ConfigError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
-PREDICTIONS = ("epsilon", "v_prediction", "sample")  # diffusers' names for eps, v and x0
+PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}  # diffusers' names -> Denoiser's
 
 
 def _first_line(err: Exception) -> str:
@@ -39,7 +39,7 @@ def load_pipeline(pretrained: str, local_files_only: bool = True, dtype: str = "
     from diffusers import DiffusionPipeline  # optional dependency: imported on use
 
     if dtype not in DTYPES:
-        raise ConfigError(f"pretrained: dtype={dtype!r} must be one of {list(DTYPES)}")
+        raise ConfigError(f"dtype={dtype!r} must be one of {list(DTYPES)}")
     folder = os.path.expanduser(pretrained)
     is_folder = os.path.isdir(folder)
     if not is_folder and _looks_like_path(pretrained):
@@ -61,18 +61,36 @@ def schedule_from_scheduler(scheduler) -> Schedule:
     """The training schedule of a diffusers scheduler: sigma_t = sqrt(1 / alpha_bar_t - 1) from its alphas_cumprod."""
     alpha_bar = getattr(scheduler, "alphas_cumprod", None)
     if alpha_bar is None:
-        raise ConfigError(f"pretrained: scheduler {type(scheduler).__name__} has no alphas_cumprod "
+        raise ConfigError(f"scheduler {type(scheduler).__name__} has no alphas_cumprod "
                           "(not a DDPM-family schedule)")
     return Schedule(sigma_from_alpha_bar(torch.as_tensor(alpha_bar, dtype=torch.float64)))
+
+
+class UNetAdapter(nn.Module):
+    """A diffusers UNet as a network `net(x_vp, sigma, text)`: sigma -> its fractional training timestep.
+
+    x_vp is the variance-preserving input and text the encoder hidden states (B, L, D); the raw
+    output (eps, v or x0, by the pipeline's prediction_type) is returned in x_vp's dtype.
+    """
+
+    def __init__(self, unet: nn.Module, schedule: Schedule):
+        super().__init__()
+        self.unet, self.schedule = unet, schedule
+
+    def forward(self, x_vp: Tensor, sigma: Tensor | float, text: Tensor) -> Tensor:
+        sigma = torch.as_tensor(sigma, device=x_vp.device, dtype=x_vp.dtype).reshape(-1).expand(x_vp.shape[0])  # (B,)
+        t = self.schedule.timestep(sigma).to(x_vp.device)  # (B,) fractional training timestep
+        out = self.unet(x_vp.to(self.unet.dtype), t, encoder_hidden_states=text.to(self.unet.dtype)).sample
+        return out.to(x_vp.dtype)
 
 
 class DiffusersDenoiser(nn.Module):
     """A frozen Stable-Diffusion-layout pipeline as an eps-predictor `forward(x, sigma, cond)` in the sigma frame.
 
-    The UNet gets x_vp = x / sqrt(1 + sigma^2) at the fractional timestep `schedule.timestep(sigma)`;
-    its eps, v (Salimans & Ho 2022) or x0 output is returned as eps. `cond` comes from
-    `encode_prompt`: (B, 2, L, D) with the prompt's and the negative prompt's text embeddings, so
-    `null_cond` needs no state and `ClassifierFreeGuidance(scale, convention="uncond")` is the usual
+    The UNet, a `UNetAdapter` wrapped by `Denoiser(prediction, scaled_input=True)`, gets x_vp = x / sqrt(1 + sigma^2)
+    at the fractional timestep `schedule.timestep(sigma)`; its eps, v (Salimans & Ho 2022) or x0 output is returned
+    as eps. `cond` comes from `encode_prompt`: (B, 2, L, D) with the prompt's and the negative prompt's text
+    embeddings, so `null_cond` needs no state and `ClassifierFreeGuidance(scale, convention="uncond")` is the usual
     text guidance (scale 7.5). A plain (B, L, D) embedding also works; its null is the empty prompt.
     height and width (pixels) default to the UNet's sample_size times the VAE's downsampling.
     """
@@ -85,12 +103,13 @@ class DiffusersDenoiser(nn.Module):
         if missing:
             raise ConfigError(f"pretrained={pretrained!r}: {type(pipe).__name__} lacks {missing}; "
                               f"need the Stable Diffusion layout {list(COMPONENTS)}")
-        self.vae, self.text_encoder, self.unet = pipe.vae, pipe.text_encoder, pipe.unet
+        self.vae, self.text_encoder = pipe.vae, pipe.text_encoder
         self.tokenizer, self.scheduler = pipe.tokenizer, pipe.scheduler
         self.prediction = self.scheduler.config.get("prediction_type", "epsilon")
         if self.prediction not in PREDICTIONS:
-            raise ConfigError(f"pretrained: prediction_type={self.prediction!r} must be one of {list(PREDICTIONS)}")
+            raise ConfigError(f"prediction_type={self.prediction!r} must be one of {list(PREDICTIONS)}")
         self.schedule = schedule_from_scheduler(self.scheduler)
+        self.denoiser = Denoiser(UNetAdapter(pipe.unet, self.schedule), PREDICTIONS[self.prediction], scaled_input=True)
         self.input_dims = self._latent_dims(height, width)
         self.requires_grad_(False).eval()
         self.register_buffer("empty_embedding", self._embed([""]), persistent=False)  # (1, L, D)
@@ -101,8 +120,13 @@ class DiffusersDenoiser(nn.Module):
         height, width = height or side, width or side
         for name, value in (("height", height), ("width", width)):
             if value % f:
-                raise ConfigError(f"pretrained: {name}={value} must be a multiple of the VAE downsampling {f}")
+                raise ConfigError(f"{name}={value} must be a multiple of the VAE downsampling {f}")
         return (self.unet.config.in_channels, height // f, width // f)
+
+    @property
+    def unet(self) -> nn.Module:
+        """The pipeline's UNet."""
+        return self.denoiser.net.unet
 
     @property
     def device(self) -> torch.device:
@@ -122,7 +146,7 @@ class DiffusersDenoiser(nn.Module):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         negative = [""] * len(prompts) if negative_prompts is None else list(negative_prompts)
         if len(negative) != len(prompts):
-            raise ConfigError(f"pretrained: {len(negative)} negative prompts for {len(prompts)} prompts")
+            raise ConfigError(f"negative_prompts has {len(negative)} entries for {len(prompts)} prompts")
         return torch.stack([self._embed(prompts), self._embed(negative)], dim=1)
 
     def null_cond(self, cond: Tensor) -> Tensor:
@@ -131,23 +155,17 @@ class DiffusersDenoiser(nn.Module):
             return cond[:, 1:2].expand_as(cond)
         return self.empty_embedding.to(cond.dtype).expand_as(cond)
 
-    def rand_input(self, batchsize: int, generator: torch.Generator | None = None) -> Tensor:
-        """Standard normal latents (batchsize, *input_dims)."""
-        return torch.randn((batchsize, *self.input_dims), generator=generator, device=self.device)
+    def rand_input(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        """Standard normal latents (batch_size, *input_dims)."""
+        return torch.randn((batch_size, *self.input_dims), generator=generator, device=self.device)
 
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Tensor | None = None) -> Tensor:
-        B = x.shape[0]
-        sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1).expand(B)  # (B,)
-        text = self.empty_embedding.expand(B, -1, -1) if cond is None else cond[:, 0] if cond.ndim == 4 else cond
-        x_vp = x / (1 + sigma**2).sqrt().view(B, 1, 1, 1)  # (B, c, h, w)
-        t = self.schedule.timestep(sigma).to(x.device)  # (B,) fractional training timestep
-        out = self.unet(x_vp.to(self.unet.dtype), t, encoder_hidden_states=text.to(self.unet.dtype)).sample
-        out = out.to(x.dtype)
-        if self.prediction == "v_prediction":
-            return v_to_eps(x, out, sigma)
-        if self.prediction == "sample":
-            return x0_to_eps(x, out, sigma)
-        return out
+        """eps (B, c, h, w) of latents x at level sigma; cond: `encode_prompt`'s (B, 2, L, D), a (B, L, D) or None."""
+        if cond is None:
+            text = self.empty_embedding.expand(x.shape[0], -1, -1)  # (B, L, D)
+        else:
+            text = cond[:, 0] if cond.ndim == 4 else cond  # (B, L, D)
+        return self.denoiser(x, sigma, text)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
@@ -159,14 +177,14 @@ class DiffusersDenoiser(nn.Module):
 
 
 @torch.no_grad()
-def generate(denoiser: DiffusersDenoiser, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
-             sampler: Sampler | None = None, guidance_scale: float = 7.5, generator: Generators = None) -> Tensor:
+def text_to_image(denoiser: DiffusersDenoiser, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
+                  sampler: Sampler | None = None, guidance_scale: float = 7.5, generator: Generators = None) -> Tensor:
     """Text-to-image with a core sampler (default DDIM, 50 steps) and classifier-free guidance; images in [-1, 1]."""
     sampler = sampler or DDIMSampler(steps=50)
     cond = denoiser.encode_prompt(prompts, negative_prompts)  # (B, 2, L, D)
     guidance = Guidance() if guidance_scale == 1 else ClassifierFreeGuidance(guidance_scale, convention="uncond")
     x = None
-    for x in sampler(denoiser, denoiser.schedule, batchsize=len(cond), cond=cond, guidance=guidance,
+    for x in sampler(denoiser, denoiser.schedule, batch_size=len(cond), cond=cond, guidance=guidance,
                      generator=generator):
         pass
     sigma_last = sampler.sigmas(denoiser.schedule)[-1].item()

@@ -12,6 +12,7 @@ from torch import nn
 
 from diffusion_lab.core import ClassifierFreeGuidance, Guidance, Sampler, Schedule, per_sample_generators
 from diffusion_lab.errors import ConfigError
+from diffusion_lab.utils import module_device
 
 
 @dataclass
@@ -73,15 +74,10 @@ def labels_for(indices: Sequence[int], num_classes: int, labels: Sequence[int] |
     return choices[torch.as_tensor(list(indices)) % len(choices)]
 
 
-def _device(model: nn.Module) -> torch.device:
-    ref = next(iter(model.parameters()), next(iter(model.buffers()), torch.empty(0)))
-    return ref.device
-
-
-def sample_batch(setup: SamplingSetup, seeds: Sequence[int],
-                 cond: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+def denoise_batch(setup: SamplingSetup, seeds: Sequence[int],
+                  cond: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Yields every intermediate x_t of one batch, the last being the samples; row j draws its noise from seeds[j]."""
-    device = _device(setup.model)
+    device = module_device(setup.model)
     generators = per_sample_generators(seeds, device)
     cond = None if cond is None else cond.to(device)
     return setup.sampler(setup.model, setup.schedule, cond=cond, guidance=setup.guidance, generator=generators)
@@ -104,7 +100,7 @@ def generate(setup: SamplingSetup, num_samples: int, batch_size: int = 64, seed:
     out, start = [], 0
     for idx in batches:
         c = None if cond is None else cond[start:start + len(idx)]
-        *_, x = sample_batch(setup, (seed + idx).tolist(), c)  # only the last x_t is kept
+        *_, x = denoise_batch(setup, (seed + idx).tolist(), c)  # only the last x_t is kept
         out.append(x.cpu())
         start += len(idx)
     return Samples(x=torch.cat(out), labels=cond, indices=indices)
@@ -115,7 +111,7 @@ def trajectory(setup: SamplingSetup, num: int = 8, seed: int = 0, labels: Sequen
                max_frames: int = 10) -> list[torch.Tensor]:
     """The denoising path of samples 0..num-1 (the same samples `generate` draws): up to max_frames x_t, last = x_0."""
     indices = list(range(num))
-    frames = list(sample_batch(setup, [seed + i for i in indices], labels_for(indices, setup.num_classes, labels)))
+    frames = list(denoise_batch(setup, [seed + i for i in indices], labels_for(indices, setup.num_classes, labels)))
     keep = sorted({round(i * (len(frames) - 1) / max(max_frames - 1, 1)) for i in range(max_frames)})
     return [frames[i].cpu() for i in keep if i < len(frames)]
 

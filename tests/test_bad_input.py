@@ -23,7 +23,7 @@ TRAIN = {
     "wrong type": (["trainer.max_steps=abc"], "trainer.max_steps"),
     "learning rate out of range": (["optimizer.lr=-1"], "optimizer.lr"),
     "validation interval zero": (["trainer.val_check_interval=0"], "trainer.val_check_interval"),
-    "steps out of range": (["sampler.steps=0"], "sampler.steps=0"),
+    "steps out of range": (["sampler.steps=0"], "sampler: steps=0 must be an integer >= 1"),
     "schedule out of range": (["schedule.sigma_min=20"], "sigma_min"),
     "missing data root": (["model=dit", "data=mnist", "data.dataset.root=/nonexistent/mnist",
                            "data.dataset.download=false"], "/nonexistent/mnist"),

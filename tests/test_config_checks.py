@@ -47,7 +47,8 @@ BAD = {
     "data.batch_size=abc": ("data.batch_size", "='abc' must be an int"),
     "data.dataset.N=1.5": ("data.dataset.N", "=1.5 must be an int"),
     "sampler.steps=abc": ("sampler.steps", "='abc' must be an int"),
-    "experiment=mnist_latent module.vae.kl_weight=abc": ("module.vae.kl_weight", "='abc' must be a float"),
+    "experiment=mnist_latent module.vae.ch=abc": ("module.vae.ch", "='abc' must be an int"),
+    "experiment=mnist_latent +module.vae.kl_weight=abc": ("module.vae.kl_weight", "='abc' must be a float"),
     # Top-level keys are checked against the LightningModule that takes them, and named as typed (not data.seed).
     "seed=abc": ("seed", "='abc' must be an int"),
     "nonfinite=1": ("nonfinite", "=1 must be a string"),
@@ -89,8 +90,10 @@ EXTRA = {
     ("data", "cifar10"): ["model=unet"], ("data", "image_folder"): ["model=dit"],
     ("model", "dit"): ["data=digits"], ("model", "unet"): ["data=digits"],
     ("guidance", "cfg"): ["conditional=true", "data=gaussian", "model=toy_unet"],
+    ("module", "latent"): ["data=digits", "data.input_dims=[1,16,16]", "model=unet", "model.in_dim=4",
+                           "model.channels=2"],
 }
-GROUPS = ["data", "model", "parameterization", "schedule", "sampler", "guidance", "optimizer", "lr_scheduler",
+GROUPS = ["data", "model", "parameterization", "schedule", "sampler", "guidance", "module", "optimizer", "lr_scheduler",
           "trainer", "logger", "callbacks", "debug", "hparams_search", "experiment"]
 
 

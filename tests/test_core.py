@@ -1,4 +1,5 @@
 """The core library against closed forms: schedules, DDIM/DDPM steps, samplers, parameterizations, guidance."""
+import inspect
 import math
 import pickle
 
@@ -7,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_lab.core import (ClassifierFreeGuidance, ClassifierGuidance, DDIMSampler, Denoiser, GeneralizedSampler,
-                                HeunSampler, PredV, PredX0, Scaled, ScheduleCosine, ScheduleDDPM, ScheduleKarras,
-                                ScheduleLDM, ScheduleLogLinear, ScheduleQuadratic, ScheduleSigmoid, ddpm_step,
-                                per_sample_generators, sample_ddim, sample_ddpm, sample_euler, sample_heun, samples)
+from diffusion_lab.core import (ClassifierFreeGuidance, ClassifierGuidance, DDIMSampler, DDPMSampler, Denoiser,
+                                EulerSampler, GeneralizedSampler, Guidance, HeunSampler, PredV, PredX0, Scaled,
+                                ScheduleCosine, ScheduleDDPM, ScheduleKarras, ScheduleLDM, ScheduleLogLinear,
+                                ScheduleQuadratic, ScheduleSigmoid, ddpm_step, per_sample_generators, sample_ddim,
+                                sample_ddpm, sample_euler, sample_generalized, sample_heun, samples)
 from diffusion_lab.errors import ConfigError
 
 ALL_SCHEDULES = [ScheduleLogLinear(), ScheduleDDPM(), ScheduleLDM(), ScheduleSigmoid(), ScheduleCosine(),
@@ -170,7 +172,7 @@ def test_accelerated_and_ddpm_samplers_reach_the_point():
     x0 = torch.tensor([0.5, -1.0])
     sig = ScheduleLogLinear(200, 0.005, 10).sample_sigmas(30)
     for out in [final(samples(OnePoint(x0), sig, gam=2, mu=0, batchsize=8)),
-                final(sample_ddpm(OnePoint(x0), sig, batchsize=8, generator=torch.Generator().manual_seed(0)))]:
+                final(sample_ddpm(OnePoint(x0), sig, batch_size=8, generator=torch.Generator().manual_seed(0)))]:
         assert (out - x0).abs().max() < 0.05
 
 
@@ -181,6 +183,96 @@ def test_samples_do_not_depend_on_batch_size_with_per_sample_seeds():
     assert torch.allclose(big[3], one[0], atol=1e-6)
     again = final(samples(model, sig, mu=0.5, generator=per_sample_generators(range(10, 16))))
     assert torch.equal(big, again)
+
+
+SAMPLER_FUNCTIONS = [sample_generalized, sample_ddim, sample_ddpm, sample_euler, sample_heun]
+
+
+@pytest.mark.parametrize("fn", SAMPLER_FUNCTIONS, ids=lambda f: f.__name__)
+def test_sampler_functions_share_one_signature_with_keyword_only_settings(fn):
+    params = list(inspect.signature(fn).parameters.values())
+    assert [(p.name, p.kind) for p in params[:2]] == [("model", params[0].POSITIONAL_OR_KEYWORD),
+                                                       ("sigmas", params[0].POSITIONAL_OR_KEYWORD)]
+    assert [p.name for p in params[2:7]] == ["xt", "batch_size", "cond", "guidance", "generator"]
+    assert all(p.kind is p.KEYWORD_ONLY for p in params[2:])
+    with pytest.raises(TypeError, match="positional"):
+        next(fn(LinearEps(), ScheduleDDPM(10).sample_sigmas(2), torch.randn(2, 3)))
+
+
+def test_euler_sampler_takes_explicit_euler_steps_of_the_probability_flow_ode():
+    # dx/dsigma = eps(x, sigma) (Karras et al. 2022, eq. 3 with sigma(t) = t); one Euler step: x + (s' - s) eps(x, s)
+    model, sched = LinearEps(), ScheduleLogLinear(50, 0.01, 10)
+    xT = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    W, levels = model.W.detach(), sched.sample_sigmas(2).tolist()
+    x, expected = xT, []
+    for s, s_next in zip(levels[:-1], levels[1:]):
+        x = x + (s_next - s) * (x @ W / (1 + s))  # (4, 3)
+        expected.append(x)
+    model.calls = 0
+    got = list(EulerSampler(steps=2)(model, sched, xt=xT))
+    assert model.calls == 2 == EulerSampler(steps=2).nfe
+    for g, e in zip(got, expected, strict=True):
+        assert torch.allclose(g, e, atol=1e-5)
+
+
+def test_heun_sampler_averages_the_slopes_at_both_ends_and_takes_euler_on_a_last_step_to_zero():
+    model = LinearEps()
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    eps = lambda x, s: x @ model.W.detach() / (1 + s)  # noqa: E731
+    s0, s1 = 2.0, 0.5
+    d = eps(x, s0)
+    expected = x + (s1 - s0) * (d + eps(x + (s1 - s0) * d, s1)) / 2  # Karras et al. 2022, alg. 1 lines 5-8
+    model.calls = 0
+    assert torch.allclose(final(sample_heun(model, torch.tensor([s0, s1]), xt=x)), expected, atol=1e-5)
+    assert model.calls == 2
+    assert torch.allclose(final(sample_heun(model, torch.tensor([s0, 0.0]), xt=x)), x - s0 * d, atol=1e-5)
+    assert model.calls == 3  # alg. 1 line 7: no correction at sigma = 0
+
+
+def test_euler_is_first_order_and_heun_second_order():
+    # halving the step halves Euler's global error and quarters Heun's, against a fine Heun reference
+    model = LinearEps().double()
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 5
+    levels = lambda n: torch.linspace(5.0, 0.2, n + 1, dtype=torch.float64)  # noqa: E731
+    ref = final(sample_heun(model, levels(800), xt=x))
+    err = {(fn, n): (final(fn(model, levels(n), xt=x)) - ref).abs().max().item()
+           for fn in (sample_euler, sample_heun) for n in (20, 40)}
+    assert 1.7 < err[sample_euler, 20] / err[sample_euler, 40] < 2.3, err
+    assert 3.4 < err[sample_heun, 20] / err[sample_heun, 40] < 4.6, err
+
+
+@pytest.mark.parametrize("sampler,fn,settings", [
+    (GeneralizedSampler(4, gam=1.0, mu=0.5), sample_generalized, {"gam": 1.0, "mu": 0.5}),
+    (DDIMSampler(4, eta=0.5), sample_ddim, {"eta": 0.5}),
+    (DDPMSampler(4), sample_ddpm, {}),
+    (EulerSampler(4, s_churn=2.0, s_noise=1.01), sample_euler, {"s_churn": 2.0, "s_noise": 1.01}),
+    (HeunSampler(4, s_churn=2.0, s_tmax=5.0), sample_heun, {"s_churn": 2.0, "s_tmax": 5.0}),
+], ids=["generalized", "ddim", "ddpm", "euler", "heun"])
+def test_sampler_configs_run_their_function_on_the_schedules_sigmas_with_nfe_model_calls(sampler, fn, settings):
+    model, sched = LinearEps(num_classes=3), ScheduleDDPM(100)
+    y = torch.tensor([0, 2, 1])
+    model.calls = 0
+    got = final(sampler(model, sched, cond=y, guidance=Guidance(), generator=per_sample_generators(range(3))))
+    assert model.calls == sampler.nfe == sampler.steps * (2 if fn is sample_heun else 1)
+    want = final(fn(model, sched.sample_sigmas(4), cond=y, generator=per_sample_generators(range(3)), **settings))
+    assert torch.equal(got, want)
+
+
+def test_bad_settings_raise_one_message_naming_the_argument():
+    sig = ScheduleDDPM(10).sample_sigmas(3)
+    cases = {r"^mu=1.5 must be in \[0, 1\)$": [lambda: next(sample_generalized(LinearEps(), sig, mu=1.5)),
+                                               lambda: GeneralizedSampler(mu=1.5)],
+             r"^gam=0.5 must be >= 1$": [lambda: next(samples(LinearEps(), sig, 0.5)), lambda: GeneralizedSampler(gam=0.5)],
+             r"^eta=-1 must be >= 0$": [lambda: next(sample_ddim(LinearEps(), sig, eta=-1)), lambda: DDIMSampler(eta=-1)],
+             r"^steps=0 must be an integer >= 1$": [lambda: EulerSampler(steps=0), lambda: ScheduleDDPM(10).sample_sigmas(0)],
+             r"^steps=True must be an integer >= 1$": [lambda: HeunSampler(steps=True)],
+             r"^convention='x' must be one of \['cond', 'uncond'\]$": [lambda: ClassifierFreeGuidance(1.0, "x")],
+             r"^cfg_scale=2.0 and guidance=Guidance: pass one of them$":
+                 [lambda: samples(LinearEps(), sig, cfg_scale=2.0, guidance=Guidance())]}
+    for message, calls in cases.items():
+        for call in calls:
+            with pytest.raises(ConfigError, match=message):
+                call()
 
 
 def test_parameterization_round_trips_are_exact():
@@ -219,13 +311,75 @@ def test_scaled_input_feeds_sqrt_alpha_bar_times_x():
     assert torch.allclose(seen["x"][:, 0], torch.tensor([1.0, 1 / math.sqrt(10)]))
 
 
+class Fixed(nn.Module):
+    """A network that returns a fixed tensor and records the x and sigma it was called with."""
+
+    input_dims = (4,)
+
+    def __init__(self, out):
+        super().__init__()
+        self.out, self.seen = out, {}
+
+    def forward(self, x, sigma, cond=None):
+        self.seen.update(x=x, sigma=sigma)
+        return self.out
+
+
+def test_denoiser_loss_is_the_mse_of_the_raw_output_against_each_target():
+    g = torch.Generator().manual_seed(0)
+    x0, eps, out = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    sigma = torch.tensor([0.1, 0.5, 1.0, 2.0, 8.0])
+    s = sigma[:, None]  # (5, 1)
+    targets = {"eps": eps, "x0": x0, "v": (eps - s * x0) / (1 + s**2).sqrt()}
+    for kind, target in targets.items():
+        net = Fixed(out)
+        loss = Denoiser(net, prediction=kind).loss(x0, sigma, eps)
+        assert torch.allclose(loss, ((out - target) ** 2).mean(), atol=1e-6), kind
+        assert torch.allclose(net.seen["x"], x0 + s * eps) and torch.equal(net.seen["sigma"], sigma)
+    net = Fixed(out)
+    Denoiser(net, scaled_input=True).loss(x0, sigma, eps)
+    assert torch.allclose(net.seen["x"], (x0 + s * eps) / (1 + s**2).sqrt())
+
+
+def test_x0_and_v_losses_weight_the_eps_error_by_sigma2_and_1_plus_sigma2():
+    # x0 - x0_hat = sigma (eps_hat - eps) and v - v_hat = sqrt(1 + sigma^2) (eps - eps_hat) for the same eps_hat
+    g = torch.Generator().manual_seed(1)
+    x0, eps, eps_hat = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    sigma = 3.0
+    x = x0 + sigma * eps
+    outputs = {"eps": eps_hat, "x0": x - sigma * eps_hat,
+               "v": (1 + sigma**2) ** 0.5 * (eps_hat - sigma * x / (1 + sigma**2))}
+    loss = {k: Denoiser(Fixed(o), prediction=k).loss(x0, torch.tensor(sigma), eps) for k, o in outputs.items()}
+    for kind, o in outputs.items():
+        assert torch.allclose(Denoiser(Fixed(o), prediction=kind)(x, torch.tensor(sigma)), eps_hat, atol=1e-5), kind
+    assert torch.allclose(loss["eps"], ((eps_hat - eps) ** 2).mean())
+    assert torch.allclose(loss["x0"], sigma**2 * loss["eps"], rtol=1e-5)
+    assert torch.allclose(loss["v"], (1 + sigma**2) * loss["eps"], rtol=1e-5)
+
+
+def test_diffusion_loss_draws_a_training_level_and_treats_a_bare_network_as_eps_prediction():
+    from diffusion_lab.core import Schedule, diffusion_loss
+
+    x0, out = torch.randn(4096, 4), torch.randn(4096, 4)
+    schedule = Schedule(torch.tensor([0.5]))  # one level: every sigma is 0.5
+    for model, target in [(Fixed(out), "eps"), (Denoiser(Fixed(out), prediction="x0"), "x0")]:
+        loss = diffusion_loss(model, x0, schedule, generator=torch.Generator().manual_seed(0))
+        seen = model.seen if target == "eps" else model.net.seen
+        assert torch.equal(seen["sigma"], torch.full((4096,), 0.5))
+        eps = (seen["x"] - x0) / 0.5  # (4096, 4)
+        assert abs(eps.mean()) < 0.05 and abs(eps.std() - 1) < 0.05  # standard normal noise
+        assert torch.allclose(loss, ((out - (eps if target == "eps" else x0)) ** 2).mean(), atol=1e-5)
+        again = diffusion_loss(model, x0, schedule, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(loss, again)
+
+
 def test_wrappers_schedules_samplers_and_guidance_pickle():
     objs = [PredX0(LinearEps()), PredV(LinearEps()), Scaled(LinearEps()), *ALL_SCHEDULES,
             GeneralizedSampler(20, 2.0, 0.0), DDIMSampler(50, 0.0, ScheduleLogLinear()), HeunSampler(10),
-            ClassifierFreeGuidance(4.0, "uncond")]
+            EulerSampler(5), ClassifierFreeGuidance(4.0, "uncond")]
     for o in objs:
         assert type(pickle.loads(pickle.dumps(o))) is type(o)
-    with pytest.raises(ValueError, match="prediction"):
+    with pytest.raises(ValueError, match=r"^prediction='score' must be one of \['eps', 'x0', 'v'\]$"):
         Denoiser(LinearEps(), prediction="score")
 
 
@@ -282,7 +436,7 @@ def test_ideal_denoiser_samples_land_on_training_points():
     x = final(samples(model, sig, gam=1, mu=0, batchsize=64, generator=torch.Generator().manual_seed(0)))
     nearest = torch.cdist(x, data).min(dim=1).values  # (64,)
     assert nearest.max() < 1e-2
-    x = final(sample_ddim(model, sig, batchsize=64, generator=torch.Generator().manual_seed(1)))
+    x = final(sample_ddim(model, sig, batch_size=64, generator=torch.Generator().manual_seed(1)))
     assert torch.cdist(x, data).min(dim=1).values.max() < 1e-2
 
 

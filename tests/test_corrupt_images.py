@@ -52,7 +52,7 @@ def test_image_folder_names_the_unreadable_file_and_why(tmp_path, content, why):
     data = ImageFolder(str(tmp_path / "images"), image_size=8)
     with pytest.raises(DataError) as err:
         data.get_batch(list(range(len(data))))
-    assert str(err.value).startswith(f"data: cannot read image {bad} (") and why in str(err.value)
+    assert str(err.value).startswith(f"cannot read image {bad} (") and why in str(err.value)
     assert str(err.value).count(str(bad)) == 1
 
 
@@ -69,4 +69,4 @@ def test_train_with_a_corrupt_image_in_a_worker_ends_with_one_error_line_naming_
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(bad) in errors[0], r.stderr[-3000:]
-    assert errors[0] == f"error: data: cannot read image {bad} (cannot identify image file)"
+    assert errors[0] == f"error: cannot read image {bad} (cannot identify image file)"

@@ -30,8 +30,8 @@ ISSUE_EXPERIMENTS = {"toy_swissroll", "tree_cfg", "swissroll3d", "swissroll3d_cf
 CIFAR_LIKE = ["cifar_unet"]  # data=cifar10: smoke runs read a folder of PNGs instead
 # Sizes only: the architecture, schedule, parameterization and guidance stay the recipe's.
 SMOKE = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
-         "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "data.batch_size=2", "data.val_size=2",
-         "data.num_workers=0", "num_samples=2", "sampler.steps=2"]
+         "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "data.batch_size=2", "++data.val_size=2",
+         "++data.num_workers=0", "num_samples=2", "sampler.steps=2"]  # ++: set, or add where data leaves the default
 # One optimizer step at batch 2 on a shared 2-core CPU (measured): mnist_dit (130M parameters, 1024 tokens) 35-40 s,
 # mnist_dit_crossattn (80M) 7-15 s, cifar_unet (36M) 2-11 s. Their smoke runs are in the slow suite; the default
 # suite builds them and checks a forward pass.
@@ -230,7 +230,7 @@ def test_conditional_samples_follow_labels_0_to_k_and_the_grid_columns_are_class
     K = module.model.num_classes
     n = min(K + 3, 13)
     assert module.sample_labels(n).tolist() == [i % K for i in range(n)]
-    x = module.generate(n, seed=100)  # sample i: seed 100 + i, label i % K
+    x = module.draw_samples(n, seed=100)  # sample i: seed 100 + i, label i % K
 
     def alone(i: int, label: int) -> torch.Tensor:
         *_, xi = module.sampler(module.model, module.schedule, cond=torch.tensor([label]), guidance=module.guidance,

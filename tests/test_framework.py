@@ -9,7 +9,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from diffusion_lab.app.config import CONFIG_DIR, user_error
-from diffusion_lab.errors import DataError
+from diffusion_lab.app.runs import check_resume_config
+from diffusion_lab.errors import ConfigError, DataError
 from diffusion_lab.app.train import build, train
 from tests.conftest import FAST
 
@@ -29,11 +30,15 @@ EXTRA = {
     ("model", "dit"): ["data=digits"], ("model", "unet"): ["data=digits"],
     ("guidance", "cfg"): ["conditional=true", "data=gaussian", "model=toy_unet"],
     ("lr_scheduler", "cosine"): [], ("trainer", "gpu"): [],
+    # 16x16 digits -> the VAE's 2x4x4 latents, which the denoiser and the classifier take
+    ("module", "latent"): ["data=digits", "data.input_dims=[1,16,16]", "model=unet", "model.in_dim=4",
+                           "model.channels=2", "model.ch=8", "model.ch_mult=[1,2]", "model.attn_resolutions=[2]",
+                           "module.vae.ch=8", "module.classifier.ch=8"],
 }
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in ["data", "model", "parameterization", "schedule", "sampler",
-                                                            "guidance", "optimizer", "lr_scheduler", "logger",
+                                                            "guidance", "module", "optimizer", "lr_scheduler", "logger",
                                                             "callbacks", "trainer"] for o in options(g)])
 def test_every_group_option_composes_and_instantiates(compose_cfg, group, option):
     cfg = compose_cfg([f"{group}={option}", *EXTRA.get((group, option), [])])
@@ -56,6 +61,8 @@ def test_every_group_option_composes_and_instantiates(compose_cfg, group, option
         instantiate(c)
     x = datamodule.dataset[0]
     x = x[0] if isinstance(x, tuple) else x
+    if hasattr(module, "vae"):  # latent diffusion: the denoiser works on the VAE's latents of the data
+        x = module.vae.mean_latent(x[None])[0]
     cond = torch.zeros(1, dtype=torch.long) if cfg.conditional else None
     assert module.model(x[None], torch.tensor([1.0]), cond).shape == x[None].shape
 
@@ -101,6 +108,25 @@ def test_resume_at_epoch_boundary_is_bit_identical(compose_cfg, tmp_path, extra)
     for k in a[2]:
         assert all(torch.equal(a[2][k][n], b[2][k][n]) for n in a[2][k])
     assert a[3]["lr_schedulers"] == b[3]["lr_schedulers"]
+
+
+def resolved(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_resume_refuses_another_module_and_takes_configs_that_state_the_defaults(compose_cfg):
+    latent = ["module=latent", *EXTRA[("module", "latent")]]
+    saved = resolved(compose_cfg([o for o in latent if not o.startswith("module")]))
+    with pytest.raises(ConfigError, match=r"module._target_ is '[\w.]+\.DiffusionModule' in the checkpoint"):
+        check_resume_config(saved, resolved(compose_cfg(latent)), "last.ckpt")
+    current = resolved(compose_cfg(["data=swissroll3d"]))
+    # as saved before module was a group and before configs left defaults to the constructors
+    older = {k: v for k, v in current.items() if k != "module"}
+    older["data"] = {**current["data"], "num_workers": 0, "dataset": {**current["data"]["dataset"], "n_samples": 10000}}
+    assert check_resume_config(older, current, "last.ckpt") == {}
+    older["data"]["dataset"]["n_samples"] = 5000
+    with pytest.raises(ConfigError, match="data.dataset.n_samples is 5000 in the checkpoint but 10000 now"):
+        check_resume_config(older, current, "last.ckpt")
 
 
 def test_ckpt_path_last_resumes_the_run_directory(compose_cfg, tmp_path):
@@ -154,7 +180,7 @@ def test_optuna_sweep_runs_trials_and_minimizes_the_metric(tmp_path):
 
 CONFIG_ERRORS = {
     "unknown option": (["model=transformer"], "model"),
-    "steps": (["sampler.steps=-3"], "sampler.steps"),
+    "steps": (["sampler.steps=-3"], "sampler: steps=-3"),
     "schedule": (["schedule.sigma_min=20"], "sigma_min"),
     "cfg unconditional": (["guidance=cfg"], "conditional"),
     "patch size": (["model=dit", "data=digits", "model.patch_size=3"], "patch_size"),

@@ -19,8 +19,8 @@ from diffusion_lab.models.vae import VAE
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def small_vae(in_channels: int = 3) -> VAE:
-    return VAE(in_channels=in_channels, image_size=32, latent_channels=2, ch=8, ch_mult=(1, 2, 4), num_res_blocks=1)
+def small_vae(channels: int = 3) -> VAE:
+    return VAE(in_dim=32, channels=channels, latent_channels=2, ch=8, ch_mult=(1, 2, 4), num_res_blocks=1)
 
 
 def digits(n: int, offset: int = 0) -> torch.Tensor:
@@ -44,7 +44,7 @@ def trained() -> tuple[VAE, float, torch.Tensor]:
     """(VAE trained 120 Adam steps on 64 digits, its held-out MSE before training, the 64 held-out digits)."""
     torch.manual_seed(0)
     train, test = digits(64), digits(64, offset=1000)
-    vae = small_vae(in_channels=1)
+    vae = small_vae(channels=1)
     before = held_out_mse(vae, test)
     opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
     g = torch.Generator().manual_seed(0)
@@ -57,10 +57,10 @@ def trained() -> tuple[VAE, float, torch.Tensor]:
     return vae.eval(), before, test
 
 
-@pytest.mark.parametrize("in_channels", [3, 1])
-def test_vae_latent_shape(in_channels):
-    vae = small_vae(in_channels)
-    x = torch.randn(2, in_channels, 32, 32)
+@pytest.mark.parametrize("channels", [3, 1])
+def test_vae_latent_shape(channels):
+    vae = small_vae(channels)
+    x = torch.randn(2, channels, 32, 32)
     mean, logvar = vae.encode(x)
     assert vae.latent_dims == (2, 8, 8)
     assert mean.shape == logvar.shape == (2, 2, 8, 8)
@@ -78,8 +78,8 @@ def test_vae_loss_parts():
 
 
 @pytest.mark.parametrize("kwargs, key", [
-    (dict(image_size=30), "image_size"), (dict(ch_mult=()), "ch_mult"), (dict(latent_channels=0), "latent_channels"),
-    (dict(ch=3), "ch"), (dict(kl_weight=-1.0), "kl_weight"),
+    (dict(in_dim=30), "in_dim"), (dict(ch_mult=()), "ch_mult"), (dict(latent_channels=0), "latent_channels"),
+    (dict(channels=0), "channels"), (dict(ch=3), "ch"), (dict(kl_weight=-1.0), "kl_weight"),
 ])
 def test_vae_rejects_bad_arguments(kwargs, key):
     with pytest.raises(ConfigError, match=f"{key}="):
@@ -101,7 +101,7 @@ def test_fit_scale_factor_gives_unit_std_and_is_saved(trained):
     assert scale == pytest.approx(vae.scale_factor.item()) and scale != pytest.approx(1.0, rel=0.05)
     z = vae.sample_latent(test, generator=torch.Generator().manual_seed(1))  # (64, 2, 8, 8)
     assert z.std().item() == pytest.approx(1.0, rel=0.03)
-    restored = small_vae(in_channels=1)
+    restored = small_vae(channels=1)
     restored.load_state_dict(vae.state_dict())
     assert restored.scale_factor.item() == scale
     with torch.no_grad():
@@ -112,7 +112,7 @@ def test_fit_scale_factor_gives_unit_std_and_is_saved(trained):
 def test_vae_and_classifier_pickle():
     x = torch.randn(2, 3, 32, 32)
     vae = small_vae()
-    clf = NoiseAwareClassifier(in_channels=2, image_size=8, num_classes=10, ch=16, depth=2)
+    clf = NoiseAwareClassifier(in_dim=8, channels=2, num_classes=10, ch=16, depth=2)
     with torch.no_grad():
         torch.testing.assert_close(pickle.loads(pickle.dumps(vae)).encode(x)[0], vae.encode(x)[0])
         z = torch.randn(2, 2, 8, 8)
@@ -120,7 +120,7 @@ def test_vae_and_classifier_pickle():
 
 
 def test_classifier_shapes_and_sigma_dependence():
-    clf = NoiseAwareClassifier(in_channels=2, image_size=8, num_classes=10, ch=16, depth=3)
+    clf = NoiseAwareClassifier(in_dim=8, channels=2, num_classes=10, ch=16, depth=3)
     z = torch.randn(3, 2, 8, 8)
     assert clf(z, 1.0).shape == (3, 10)
     assert clf(z, torch.tensor([0.1, 1.0, 10.0])).shape == (3, 10)
@@ -130,7 +130,8 @@ def test_classifier_shapes_and_sigma_dependence():
 
 
 @pytest.mark.parametrize("kwargs, key", [
-    (dict(num_classes=1), "num_classes"), (dict(image_size=6, depth=3), "image_size"), (dict(depth=0), "depth"),
+    (dict(num_classes=1), "num_classes"), (dict(in_dim=6, depth=3), "in_dim"), (dict(depth=0), "depth"),
+    (dict(channels=0), "channels"),
 ])
 def test_classifier_rejects_bad_arguments(kwargs, key):
     with pytest.raises(ConfigError, match=f"{key}="):
@@ -156,7 +157,7 @@ class TwoPointDenoiser(nn.Module):
 def train_toy_classifier(schedule) -> tuple[NoiseAwareClassifier, float, float]:
     """(classifier of which point x0 is, first loss, last loss) after 150 Adam steps."""
     torch.manual_seed(0)
-    clf = NoiseAwareClassifier(in_channels=1, image_size=4, num_classes=2, ch=8, depth=1)
+    clf = NoiseAwareClassifier(in_dim=4, channels=1, num_classes=2, ch=8, depth=1)
     points = TwoPointDenoiser().points
     opt = torch.optim.Adam(clf.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
@@ -190,5 +191,5 @@ def test_classifier_guidance_steers_samples_to_the_label():
 
 def test_pretrained_imports_without_diffusers():
     code = ("import sys; sys.modules['diffusers'] = sys.modules['transformers'] = None; "
-            "import diffusion_lab.pretrained as p; assert p.DiffusersDenoiser and p.generate")
+            "import diffusion_lab.pretrained as p; assert p.DiffusersDenoiser and p.text_to_image")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

@@ -173,6 +173,15 @@ def test_bad_init_from_or_stage_is_a_one_line_error(case, runs, data_dir, tmp_pa
         assert str(info.value).startswith("init_from: ")
 
 
+def test_data_of_another_shape_than_the_vae_takes_is_one_line_naming_the_key(data_dir, tmp_path):
+    cfg = stage_cfg("reconstruction", tmp_path, data_dir, "module.vae.channels=1")  # the data stay RGB
+    with pytest.raises(ConfigError) as info:
+        build(cfg)
+    message = str(info.value)
+    assert message.startswith("module.vae: VAE takes images of shape [1, 32, 32] but data gives [3, 32, 32]")
+    assert "\n" not in message
+
+
 def sample_pretrained(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sample_pretrained.py"), *args], cwd=cwd, env=env,

@@ -15,7 +15,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E
 from diffusion_lab.core import ClassifierFreeGuidance, DDIMSampler, sample_ddim  # noqa: E402
 from diffusion_lab.core.schedules import sigma_from_alpha_bar  # noqa: E402
 from diffusion_lab.errors import ConfigError  # noqa: E402
-from diffusion_lab.pretrained import DiffusersDenoiser, generate  # noqa: E402
+from diffusion_lab.pretrained import DiffusersDenoiser, text_to_image  # noqa: E402
 
 MAX_TOKENS = 16
 
@@ -77,9 +77,10 @@ def test_loads_components_and_schedule(denoiser, saved):
     torch.testing.assert_close(denoiser.schedule.timestep(denoiser.schedule.sigmas[t]), t.float(), atol=1e-3, rtol=0)
 
 
-def test_generate_gives_finite_images(denoiser):
+def test_text_to_image_gives_finite_images(denoiser):
     g = torch.Generator().manual_seed(0)
-    images = generate(denoiser, ["a cat", "a dog"], sampler=DDIMSampler(steps=3), guidance_scale=7.5, generator=g)
+    images = text_to_image(denoiser, ["a cat", "a dog"], sampler=DDIMSampler(steps=3), guidance_scale=7.5,
+                           generator=g)
     assert images.shape == (2, 3, 16, 16)
     assert torch.isfinite(images).all() and images.abs().max() <= 1
     assert not torch.allclose(images[0], images[1])
@@ -122,6 +123,20 @@ def test_core_ddim_matches_diffusers_scheduler(denoiser, saved):
     latents = x / (1 + sigmas[-1] ** 2).sqrt().float()  # back to the variance-preserving frame
     assert expected.abs().mean() > 0.1
     torch.testing.assert_close(latents, expected, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_forward_is_the_unet_output_as_eps_in_the_sigma_frame(denoiser, tmp_path):
+    x0_pipe = tiny_pipeline("sample")  # an x0-predicting model besides the fixture's eps / v one
+    x0_pipe.save_pretrained(tmp_path)
+    for den in (denoiser, DiffusersDenoiser(str(tmp_path))):
+        x = torch.randn((2, *den.input_dims), generator=torch.Generator().manual_seed(3)) * 4  # (B, 4, 8, 8)
+        sigma, text = torch.tensor([3.0, 0.4]), den.encode_prompt(["a cat", "a dog"])[:, 0]  # (B,), (B, L, D)
+        s = sigma.view(-1, 1, 1, 1)
+        out = den.unet(x / (1 + s**2).sqrt(), den.schedule.timestep(sigma), encoder_hidden_states=text).sample
+        # x = x0 + sigma eps and v = (eps - sigma x0) / sqrt(1 + sigma^2) (Salimans & Ho 2022) solved for eps
+        eps = {"epsilon": out, "sample": (x - out) / s, "v_prediction": out / (1 + s**2).sqrt() + s * x / (1 + s**2)}
+        torch.testing.assert_close(den(x, sigma, text), eps[den.prediction], atol=1e-5, rtol=1e-5)
 
 
 def test_decode_uses_the_vae_scaling(denoiser, saved):

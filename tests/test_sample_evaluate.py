@@ -9,9 +9,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from diffusion_lab.app.loading import load_run, sampling_setup
+from diffusion_lab.app.loading import build_guidance, load_run, sampler_config, sampling_setup
 from diffusion_lab.models.weights import read_checkpoint
-from diffusion_lab.core import Denoiser, GeneralizedSampler, Guidance, ScheduleLogLinear
+from diffusion_lab.core import (ClassifierFreeGuidance, Denoiser, EulerSampler, GeneralizedSampler, Guidance,
+                                HeunSampler, ScheduleLogLinear)
 from diffusion_lab.errors import CheckpointError, ConfigError
 from diffusion_lab.evaluation import Evaluator, data_tensors
 from diffusion_lab.sampling import SamplingSetup, generate, trajectory
@@ -146,6 +147,18 @@ def test_shortcuts_must_belong_to_the_sampler(ckpts):
     assert sampling_setup(run, sampler=ddim, eta=0.5).sampler.eta == 0.5
     with pytest.raises(ConfigError, match="has no gam"):
         sampling_setup(run, sampler=ddim, gam=2.0)
+
+
+def test_sampler_and_guidance_configs_saved_by_older_versions_still_load():
+    heun = {"_target_": "diffusion_lab.core.HeunSampler", "steps": 3, "second_order": True, "s_churn": 0.0,
+            "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0, "schedule": None}
+    assert type(instantiate(sampler_config(heun))) is HeunSampler
+    euler = instantiate(sampler_config({**heun, "second_order": False}, steps=5))  # configs/sampler/euler.yaml then
+    assert type(euler) is EulerSampler and euler.nfe == 5
+    for saved in (None, {}, {"_target_": "diffusion_lab.core.Guidance"}):  # older checkpoints; guidance=none now
+        assert type(build_guidance(saved, None, num_classes=10)) is Guidance
+        guided = build_guidance(saved, 2.0, num_classes=10)
+        assert type(guided) is ClassifierFreeGuidance and (guided.scale, guided.convention) == (2.0, "cond")
 
 
 def test_toy_metrics_rank_the_ideal_denoiser_above_a_fresh_model_and_noise():

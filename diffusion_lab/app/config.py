@@ -1,6 +1,7 @@
 """Config plumbing for the entry points: OmegaConf resolvers and one-line reports of user errors."""
 import functools
 import hashlib
+import importlib.util
 import os
 import re
 import sys
@@ -12,6 +13,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from diffusion_lab.errors import DiffusionLabError
 
+# Optional packages and the extra that installs each: a user who picks an option needing one is told which.
+EXTRAS = {"wandb": "wandb", "tensorboard": "tensorboard", "tensorboardX": "tensorboard", "sklearn": "digits",
+          "optuna": "sweep", "submitit": "slurm", "torch_fidelity": "fid", "diffusers": "pretrained",
+          "transformers": "pretrained"}
+# Hydra plugins picked by an override: (module, extra).
+PLUGINS = {("hparams_search", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
+           ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
+           **{("hydra/launcher", name): ("hydra_plugins.hydra_submitit_launcher", "slurm")
+              for name in ("slurm", "submitit_slurm", "submitit_local")}}
 
 
 def find_config_dir() -> str:
@@ -61,6 +71,9 @@ def user_error(exc: BaseException) -> str | None:
             key = key or _full_key(str(exc))
         exc = exc.__cause__ or exc.__context__
     for e in chain:
+        if isinstance(e, ImportError) and missing_extra(e):
+            return f"{key}: {missing_extra(e)}" if key else missing_extra(e)
+    for e in chain:
         if isinstance(e, (DiffusionLabError, OmegaConfBaseException)):
             msg = _first_line(e)
             return f"{key}: {msg}" if key and not msg.startswith(key) else msg
@@ -71,6 +84,47 @@ def user_error(exc: BaseException) -> str | None:
         if isinstance(e, HydraException):
             return _first_line(e)
     return None
+
+
+def missing_extra(exc: ImportError) -> str | None:
+    """`needs wandb, which is not installed: pip install "diffusion_lab[wandb]"` when exc is a missing optional package."""
+    names = [exc.name] if exc.name else []
+    names += re.findall(r"[A-Za-z_][\w.]*", str(exc))  # Lightning's loggers name the package only in the message
+    for name in names:
+        package = name.split(".")[0]
+        if package in EXTRAS:
+            return f'needs {package}, which is not installed: pip install "diffusion_lab[{EXTRAS[package]}]"'
+    return None
+
+
+def check_plugins(args: list[str]) -> None:
+    """Exits with one line when an override picks a Hydra plugin that is not installed (Hydra's own error is a page)."""
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        plugin = PLUGINS.get((key, value))
+        if plugin and not _importable(plugin[0]):
+            print(f'error: {arg} needs the {plugin[0].split(".")[-1]} plugin, which is not installed: '
+                  f'pip install "diffusion_lab[{plugin[1]}]"', file=sys.stderr)
+            sys.exit(2)
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package (hydra_plugins) is missing too
+        return False
+
+
+def quick_help(doc: str) -> str:
+    """An entry point's --help without Hydra's composition of every group (seconds): usage and the groups' options."""
+    root = Path(CONFIG_DIR)
+    lines = [doc.strip(), "", f"Config groups: pick an option with group=option (the files in {root}/<group>/)."]
+    for group in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "hydra"):
+        lines.append(f"  {group.name}: {', '.join(sorted(f.stem for f in group.glob('*.yaml')))}")
+    lines += ["", "Any key: key=value (trainer.max_steps=500); a new key: +key=value; a sweep: -m key=a,b.",
+              "The composed config: --cfg job. Hydra's full help (with the config): --help with any override, "
+              "--hydra-help for Hydra's flags."]
+    return "\n".join(lines)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from torch import nn
 
 from diffusion_lab.core import ClassifierFreeGuidance, Guidance
@@ -17,6 +17,7 @@ from diffusion_lab.models.weights import load_weights, model_state, read_checkpo
 from diffusion_lab.sampling import SamplingSetup
 
 SAMPLER_SHORTCUTS = ("steps", "gam", "mu", "eta")
+CFG_TARGET = "diffusion_lab.core.ClassifierFreeGuidance"
 
 
 @dataclass
@@ -45,13 +46,17 @@ def load_run(path: str | Path, ema: bool = True, device: str | torch.device = "c
 
 
 def sampler_config(base: dict, **shortcuts) -> dict:
-    """base (a sampler config) with the shortcuts that are not None set; each must be a setting of that sampler."""
+    """base (a sampler config) with the shortcuts that are not None set; each must be a setting of that sampler.
+
+    The sampler constructor checks the values. A config saved before EulerSampler existed
+    (HeunSampler with second_order) is read as the EulerSampler or HeunSampler it meant.
+    """
     cfg = dict(base)
+    if "second_order" in cfg and not cfg.pop("second_order"):
+        cfg["_target_"] = "diffusion_lab.core.EulerSampler"
     for key, value in shortcuts.items():
         if value is None:
             continue
-        if key == "steps" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"steps={value!r} must be an integer >= 1")
         if key not in cfg:
             kind = str(cfg.get("_target_", "?")).rsplit(".", 1)[-1]
             settings = [k for k in cfg if k in SAMPLER_SHORTCUTS]
@@ -62,13 +67,19 @@ def sampler_config(base: dict, **shortcuts) -> dict:
 
 
 def build_guidance(base: dict | None, cfg_scale: float | None, num_classes: int) -> Guidance:
-    """The guidance of config base ({} or None: none), scale set to cfg_scale; the model must be conditional."""
+    """The guidance of config base with its scale set to cfg_scale; the model must be conditional.
+
+    A plain Guidance (configs/guidance/none.yaml), {} or None (older checkpoints) is no guidance;
+    cfg_scale turns classifier-free guidance on there.
+    """
     cfg = dict(base or {})
+    if "_target_" in cfg and get_object(cfg["_target_"]) is Guidance:
+        cfg = {}
     if cfg_scale is not None:
         if not num_classes:
             raise ConfigError(f"cfg_scale={cfg_scale}: the checkpoint's model is unconditional (num_classes=0); "
                               "classifier-free guidance needs a model trained with conditional=true")
-        cfg = {"_target_": "diffusion_lab.core.ClassifierFreeGuidance", **cfg, "scale": cfg_scale}
+        cfg = {"_target_": CFG_TARGET, **cfg, "scale": cfg_scale}
     guidance = instantiate(cfg) if cfg else Guidance()
     if isinstance(guidance, ClassifierFreeGuidance) and not num_classes:
         raise ConfigError("guidance=cfg needs a conditional model; this checkpoint's model has num_classes=0")

@@ -6,6 +6,9 @@
 """
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import logging
 from pathlib import Path
 
@@ -22,6 +25,8 @@ FIXED = ("model", "parameterization", "schedule", "module", "conditional", "seed
          "data.num_classes", "data.labels", "data.batch_size", "data.epoch_size", "data.seed",
          "trainer.accumulate_grad_batches", "optimizer._target_", "lr_scheduler._target_")
 MOVABLE = ("data.dataset.root", "data.dataset.download")  # where the same data lives may change
+# The `module` of configs saved before the LightningModule was a config group, when this was the only one.
+DEFAULT_MODULE = {"_target_": "diffusion_lab.training.DiffusionModule", "_partial_": True}
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
@@ -54,9 +59,39 @@ def _fixed(key: str) -> bool:
     return any(under(p) for p in FIXED) and not any(under(p) for p in MOVABLE)
 
 
+@functools.lru_cache(maxsize=None)
+def _defaults(target: str) -> dict:
+    """The YAML-expressible default arguments of a `_target_` (lists for tuples); {} if it does not resolve."""
+    def plain(v) -> bool:
+        return v is None or type(v) in (bool, int, float, str) or (type(v) in (list, tuple) and all(map(plain, v)))
+    try:
+        module, _, name = target.rpartition(".")
+        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters.values()
+    except Exception:  # noqa: BLE001 - a target gone from the code: its config is compared as saved
+        return {}
+    return {p.name: list(p.default) if type(p.default) is tuple else p.default
+            for p in parameters if p.default is not p.empty and plain(p.default)}
+
+
+def _with_defaults(tree):
+    """tree with each `_target_` node's absent arguments set to their defaults: a config that states a default and
+    one that leaves it to the constructor (as configs/ does) compare equal."""
+    if isinstance(tree, list):
+        return [_with_defaults(v) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    node = {k: _with_defaults(v) for k, v in tree.items()}
+    return {**_defaults(node["_target_"]), **node} if isinstance(node.get("_target_"), str) else node
+
+
 def config_changes(saved: dict, current: dict) -> dict[str, tuple]:
-    """Keys whose resolved value differs between a checkpoint's config and the current one: key -> (saved, now)."""
-    a, b = _flatten(saved), _flatten(current)
+    """Keys whose resolved value differs between a checkpoint's config and the current one: key -> (saved, now).
+
+    A key absent from a `_target_` node counts as its constructor's default.
+    """
+    if "module" in current and "module" not in saved:
+        saved = {**saved, "module": DEFAULT_MODULE}
+    a, b = _flatten(_with_defaults(saved)), _flatten(_with_defaults(current))
     missing = "<absent>"
     return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(a.keys() | b.keys())
             if k not in ("ckpt_path",) and not k.startswith("paths.") and a.get(k, missing) != b.get(k, missing)}

@@ -14,7 +14,7 @@ from diffusion_lab.app.config import CONFIG_DIR, report_user_errors
 from diffusion_lab.core import per_sample_generators
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.evaluation.plotting import save_samples
-from diffusion_lab.pretrained import generate
+from diffusion_lab.pretrained import text_to_image
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="stable_diffusion")
@@ -27,8 +27,8 @@ def main(cfg: DictConfig) -> None:
     device = resolve_device(cfg.device)
     denoiser = instantiate(cfg.denoiser).to(device)
     generators = per_sample_generators(range(cfg.seed, cfg.seed + len(prompts)), device)
-    images = generate(denoiser, prompts, negative, sampler=instantiate(cfg.sampler),
-                      guidance_scale=cfg.guidance_scale, generator=generators)  # (B, 3, H, W) in [-1, 1]
+    images = text_to_image(denoiser, prompts, negative, sampler=instantiate(cfg.sampler),
+                           guidance_scale=cfg.guidance_scale, generator=generators)  # (B, 3, H, W) in [-1, 1]
     path = save_samples(images, Path(cfg.paths.output_dir) / "samples.png")
     print(f"wrote {path}")
 

@@ -3,7 +3,6 @@
 Also `python -m diffusion_lab.app.train ...` and the `diffusion-lab-train` command. Composes configs/train.yaml,
 instantiates every group and runs Lightning's Trainer; returns the metric named by `optimized_metric` for sweeps.
 """
-import os
 import signal
 import sys
 import warnings
@@ -12,7 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.app.config import CONFIG_DIR, report_user_errors
+from diffusion_lab.app.config import CONFIG_DIR, check_plugins, quick_help, report_user_errors
 from diffusion_lab.errors import ConfigError
 
 # torch and Lightning are imported when a run starts, so that `train.py --help` answers at once.
@@ -23,7 +22,6 @@ def build(cfg: DictConfig):
     from hydra.utils import instantiate
 
     from diffusion_lab.core import ClassifierFreeGuidance
-    from diffusion_lab.training.module import DiffusionModule
 
     datamodule = instantiate(cfg.data)
     net = instantiate(cfg.model)
@@ -31,18 +29,29 @@ def build(cfg: DictConfig):
     guidance = instantiate(cfg.guidance) if cfg.get("guidance") else None
     if isinstance(guidance, ClassifierFreeGuidance) and not model.num_classes:
         raise ConfigError("guidance=cfg needs a conditional model: set conditional=true (model.num_classes > 0)")
-    parts = dict(
+    module = instantiate(cfg.module)(  # a partial (configs/module/): the parts built here and the top-level keys
         model=model, schedule=instantiate(cfg.schedule), sampler=instantiate(cfg.sampler),
         optimizer=instantiate(cfg.optimizer), lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
         guidance=guidance, conditional=cfg.conditional, seed=cfg.seed, num_samples=cfg.num_samples,
         nonfinite=cfg.nonfinite, max_skipped_steps=cfg.max_skipped_steps, config=OmegaConf.to_container(cfg, resolve=True))
-    if cfg.get("module"):  # an experiment's own LightningModule (a partial taking the parts); it checks its data shapes
-        return instantiate(cfg.module)(**parts), datamodule
-    module = DiffusionModule(**parts)
-    if tuple(model.input_dims) != tuple(datamodule.input_dims):
-        raise ConfigError(f"model: {type(net).__name__} takes inputs of shape {list(model.input_dims)} but data gives "
-                          f"{list(datamodule.input_dims)}; pick a model for this data (e.g. model=dit for images)")
+    check_input_shape(module, datamodule)
     return module, datamodule
+
+
+def check_input_shape(module, datamodule) -> None:
+    """Refuses, in one line naming the key, a module whose first network does not take the data's shape: the VAE
+    for latent diffusion (the module itself checks the denoiser against the VAE's latents), else the denoiser."""
+    from diffusion_lab.training import LatentDiffusionModule
+
+    data = list(datamodule.input_dims)
+    if isinstance(module, LatentDiffusionModule):
+        if list(module.vae.input_dims) != data:
+            raise ConfigError(f"module.vae: VAE takes images of shape {list(module.vae.input_dims)} but data gives "
+                              f"{data}; module.vae.channels and module.vae.in_dim must match data.input_dims")
+    elif list(module.model.input_dims) != data:
+        raise ConfigError(f"model: {type(module.model.net).__name__} takes inputs of shape "
+                          f"{list(module.model.input_dims)} but data gives {data}; pick a model for this data "
+                          "(e.g. model=dit for images)")
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -54,15 +63,13 @@ def train(cfg: DictConfig) -> float | None:
     from diffusion_lab.app.config_checks import check_config
     from diffusion_lab.app.runs import RunDirectory, check_resume_config, resolve_ckpt_path
     from diffusion_lab.models.weights import load_weights, read_checkpoint, strip_prefixes
+    from diffusion_lab.training.environment import skip_nvml_cuda_check
 
     check_config(cfg)
     # DiffusionDataModule restores the data position itself (state_dict), which Lightning cannot see.
     warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")  # inside Lightning, not ours
-    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and not torch.cuda.is_available():
-        # Lightning turns on torch's fork-safe NVML check of CUDA, which torch does not cache when it finds no GPU:
-        # about 0.5 ms in every optimizer step on a CPU machine, where there is no CUDA state to keep fork-safe.
-        del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+    skip_nvml_cuda_check()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)
@@ -106,7 +113,8 @@ def optimized_metric(cfg: DictConfig, metrics: dict) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @report_user_errors
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float | None:
+    """Hydra's task: trains; a run stopped by a signal exits as that signal would, having saved."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from diffusion_lab.training.checkpointing import RunInterrupted
@@ -119,6 +127,15 @@ def main(cfg: DictConfig) -> float | None:
     except SIGTERMException:  # Lightning's own handling, when no RunCheckpoint is configured (callbacks=none)
         print("stopped by SIGTERM (no checkpoint callback configured, nothing saved)", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
+
+
+def main() -> None:
+    """The command line: a bare --help answers without composing every config; a missing plugin is one line."""
+    if sys.argv[1:] in (["--help"], ["-h"]):
+        print(quick_help(__doc__))
+        return
+    check_plugins(sys.argv[1:])
+    run()
 
 
 if __name__ == "__main__":

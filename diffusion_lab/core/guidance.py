@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from diffusion_lab.errors import ConfigError
+from diffusion_lab.utils import append_dims
 
 CFG_CONVENTIONS = ("cond", "uncond")
 
@@ -28,15 +29,15 @@ class ClassifierFreeGuidance(Guidance):
 
     def __init__(self, scale: float = 0.0, convention: str = "cond"):
         if convention not in CFG_CONVENTIONS:
-            raise ConfigError(f"guidance.convention={convention!r} must be one of {list(CFG_CONVENTIONS)}")
+            raise ConfigError(f"convention={convention!r} must be one of {list(CFG_CONVENTIONS)}")
         self.scale = scale
         self.convention = convention
 
     def __call__(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
         if cond is None:
-            raise ConfigError("guidance: classifier-free guidance needs a condition (labels), got cond=None")
+            raise ConfigError("cond=None: classifier-free guidance needs a condition (labels)")
         if not hasattr(model, "null_cond"):
-            raise ConfigError(f"guidance: {type(model).__name__} has no null condition; classifier-free guidance needs a "
+            raise ConfigError(f"model {type(model).__name__} has no null condition; classifier-free guidance needs a "
                               "model trained with num_classes > 0 and cond_dropout > 0")
         null = model.null_cond(cond)  # raises ConfigError on an unconditional model
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])  # (B,)
@@ -69,8 +70,8 @@ class ClassifierGuidance(Guidance):
 
     def __call__(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
         if cond is None:
-            raise ConfigError("guidance: classifier guidance needs target labels, got cond=None")
+            raise ConfigError("cond=None: classifier guidance needs target labels")
         eps = self.base(model, x, sigma, cond if getattr(model, "num_classes", 0) else None)
-        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])  # (B,)
         grad = self.grad_log_prob(x, s, cond)
-        return eps - self.scale * s.view(-1, *([1] * (x.ndim - 1))) * grad
+        return eps - self.scale * append_dims(s, x) * grad

@@ -2,33 +2,27 @@
 
 Every sampler talks to an eps-predictor in the frame x = x0 + sigma * eps. `Denoiser` turns any
 network `net(x, sigma, cond)` into one: it scales the input by sqrt(alpha_bar) when asked and
-converts the network's x0 or v output to eps. Training regresses the network's raw output on the
-matching target (`Denoiser.target`), the usual loss for each parameterization.
+converts the network's x0 or v output to eps. Its `loss` regresses the network's raw output on the
+matching target, the usual loss for each parameterization.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from diffusion_lab.errors import ConfigError
+from diffusion_lab.utils import append_dims
 
 PREDICTIONS = ("eps", "x0", "v")
 
 
-def _expand(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Broadcast sigma (scalar or (B,)) against x (B, ...)."""
-    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    if sigma.ndim == 0:
-        sigma = sigma.expand(x.shape[0])
-    return sigma.reshape(-1, *([1] * (x.ndim - 1)))  # (B, 1, ...)
-
-
 def x0_to_eps(x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """eps = (x - x0) / sigma."""
-    return (x - x0) / _expand(sigma, x)
+    return (x - x0) / append_dims(sigma, x)
 
 
 def eps_to_x0(x: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """x0 = x - sigma * eps."""
-    return x - _expand(sigma, x) * eps
+    return x - append_dims(sigma, x) * eps
 
 
 def v_to_eps(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -36,13 +30,13 @@ def v_to_eps(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Ten
 
     Here sqrt(ab) = 1/sqrt(1+sigma^2), so eps = v / sqrt(1 + sigma^2) + sigma x / (1 + sigma^2).
     """
-    s = _expand(sigma, x)
+    s = append_dims(sigma, x)
     return v / (1 + s**2).sqrt() + s * x / (1 + s**2)
 
 
 def eps_to_v(x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """v = sqrt(ab) eps - sqrt(1 - ab) x0 = (eps - sigma x0) / sqrt(1 + sigma^2)."""
-    s = _expand(sigma, x0)
+    s = append_dims(sigma, x0)
     return (eps - s * x0) / (1 + s**2).sqrt()
 
 
@@ -56,7 +50,7 @@ class Denoiser(nn.Module):
     def __init__(self, net: nn.Module, prediction: str = "eps", scaled_input: bool = False):
         super().__init__()
         if prediction not in PREDICTIONS:
-            raise ConfigError(f"parameterization.prediction={prediction!r} must be one of {list(PREDICTIONS)}")
+            raise ConfigError(f"prediction={prediction!r} must be one of {list(PREDICTIONS)}")
         self.net = net
         self.prediction = prediction
         self.scaled_input = scaled_input
@@ -64,7 +58,7 @@ class Denoiser(nn.Module):
     def raw(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The network's own output (eps, x0 or v) for noisy x."""
         if self.scaled_input:
-            x = x / (1 + _expand(sigma, x) ** 2).sqrt()
+            x = x / (1 + append_dims(sigma, x) ** 2).sqrt()
         return self.net(x, sigma, cond)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -83,6 +77,12 @@ class Denoiser(nn.Module):
             return eps_to_v(x0, eps, sigma)
         return eps
 
+    def loss(self, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor,
+             cond: torch.Tensor | None = None) -> torch.Tensor:
+        """MSE of `raw` at x = x0 + sigma eps against its target (Ho et al. 2020, eq. 14; Salimans & Ho 2022)."""
+        x = x0 + append_dims(sigma, x0) * eps  # (B, ...)
+        return F.mse_loss(self.raw(x, sigma, cond), self.target(x0, eps, sigma))
+
     # The samplers and the framework read these from any denoiser; pass them through.
     @property
     def input_dims(self) -> tuple[int, ...]:
@@ -92,8 +92,8 @@ class Denoiser(nn.Module):
     def num_classes(self) -> int:
         return getattr(self.net, "num_classes", 0)
 
-    def rand_input(self, batchsize: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.net.rand_input(batchsize, generator=generator)
+    def rand_input(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.net.rand_input(batch_size, generator=generator)
 
     def null_cond(self, cond: torch.Tensor) -> torch.Tensor:
         return self.net.null_cond(cond)

@@ -1,17 +1,21 @@
 """Samplers: pure functions that share one signature and yield every intermediate x_t.
 
-All work in the frame x = x0 + sigma * eps and take the decreasing noise levels `sigmas` to visit
-(from `Schedule.sample_sigmas(steps)`), so any sampler runs with any schedule. Noise comes from
-`generator`: one torch.Generator for the batch, or a list of them, one per sample, which makes
-every sample independent of the batch it was drawn in.
+Every sampler is `sample_*(model, sigmas, *, xt=None, batch_size=1, cond=None, guidance=None, generator=None,
+<its own settings>)`, as in k-diffusion; `samples` keeps smalldiffusion's positional signature. All work in the
+frame x = x0 + sigma * eps and take the decreasing noise levels `sigmas` to visit (from
+`Schedule.sample_sigmas(steps)`), so any sampler runs with any schedule. Noise comes from `generator`: one
+torch.Generator for the batch, or a list of them, one per sample, which makes every sample independent of the
+batch it was drawn in. The `Sampler` classes are their configs: settings, a step count and a schedule.
 """
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from diffusion_lab.core.guidance import ClassifierFreeGuidance, Guidance
+from diffusion_lab.core.schedules import Schedule
 from diffusion_lab.errors import ConfigError
+from diffusion_lab.utils import module_device
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
@@ -20,7 +24,7 @@ def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype
     """Standard normal noise of `shape`; with a list of generators, row i comes from generator i."""
     if isinstance(generator, Sequence):
         if len(generator) != shape[0]:
-            raise ConfigError(f"sampler: {len(generator)} generators for a batch of {shape[0]}")
+            raise ConfigError(f"generator holds {len(generator)} generators for a batch of {shape[0]}: need one each")
         rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
         return torch.stack(rows).to(device)
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
@@ -31,40 +35,51 @@ def per_sample_generators(seeds: Sequence[int], device: str | torch.device = "cp
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
-def _setup(model, sigmas, batchsize, xt, cond, generator, cfg_scale, guidance):
-    """Validates the common arguments; returns (sigmas on device, initial x, guidance)."""
+def _check_steps(steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps={steps!r} must be an integer >= 1")
+
+
+def _check_generalized(gam: float, mu: float) -> None:
+    if not 0 <= mu < 1:
+        raise ConfigError(f"mu={mu} must be in [0, 1)")
+    if gam < 1:
+        raise ConfigError(f"gam={gam} must be >= 1")
+
+
+def _check_eta(eta: float) -> None:
+    if eta < 0:
+        raise ConfigError(f"eta={eta} must be >= 0")
+
+
+def _setup(model, sigmas, xt, batch_size, cond, guidance, generator):
+    """Validates the common arguments; returns (sigmas on x's device and dtype, initial x, guidance)."""
     sigmas = torch.as_tensor(sigmas)
     if sigmas.ndim != 1 or len(sigmas) < 2:
-        raise ConfigError(f"sampler: need at least 2 sigmas (steps >= 1), got shape {tuple(sigmas.shape)}")
+        raise ConfigError(f"sigmas has shape {tuple(sigmas.shape)}: need a 1-D tensor of at least 2 levels")
     if isinstance(generator, Sequence):
-        batchsize = len(generator)
-    device = next(iter(model.parameters()), next(iter(model.buffers()), torch.empty(0))).device
+        batch_size = len(generator)
     if xt is None:
-        xt = randn((batchsize, *model.input_dims), generator, device) * sigmas[0].item()
+        xt = randn((batch_size, *model.input_dims), generator, module_device(model)) * sigmas[0].item()
     elif tuple(xt.shape[1:]) != tuple(model.input_dims):
-        raise ConfigError(f"sampler: xt has shape {tuple(xt.shape)}, the model takes (B, {', '.join(map(str, model.input_dims))})")
+        raise ConfigError(f"xt has shape {tuple(xt.shape)}, the model takes (B, {', '.join(map(str, model.input_dims))})")
     if cond is not None and len(cond) != len(xt):
-        raise ConfigError(f"sampler: cond has {len(cond)} entries for a batch of {len(xt)}")
-    if guidance is None:
-        guidance = ClassifierFreeGuidance(cfg_scale) if cfg_scale else Guidance()
-    return sigmas.to(xt.device, xt.dtype), xt, guidance
+        raise ConfigError(f"cond has {len(cond)} entries for a batch of {len(xt)}")
+    return sigmas.to(xt.device, xt.dtype), xt, guidance or Guidance()
 
 
 @torch.no_grad()
-def samples(model: nn.Module, sigmas: torch.Tensor, gam: float = 1.0, mu: float = 0.0, cfg_scale: float = 0.0,
-            batchsize: int = 1, xt: torch.Tensor | None = None, cond: torch.Tensor | None = None, *,
-            guidance: Guidance | None = None, generator: Generators = None) -> Iterator[torch.Tensor]:
+def sample_generalized(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
+                       cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
+                       gam: float = 1.0, mu: float = 0.0) -> Iterator[torch.Tensor]:
     """The generalized sampler (Permenter & Yuan 2024, alg. 2): DDPM at (1, 0.5), DDIM at (1, 0), accelerated at (2, 0).
 
     gam >= 1 extrapolates eps from the previous step (gradient estimation); mu in [0, 1) sets how
     much of each step's noise is fresh: the deterministic move lands at sigma_p =
     sigma_prev^(1/(1-mu)) / sigma^(mu/(1-mu)), and noise of scale sqrt(sigma_prev^2 - sigma_p^2) is added.
     """
-    if not 0 <= mu < 1:
-        raise ConfigError(f"sampler: mu={mu} must be in [0, 1)")
-    if gam < 1:
-        raise ConfigError(f"sampler: gam={gam} must be >= 1")
-    sigmas, xt, guide = _setup(model, sigmas, batchsize, xt, cond, generator, cfg_scale, guidance)
+    _check_generalized(gam, mu)
+    sigmas, xt, guide = _setup(model, sigmas, xt, batch_size, cond, guidance, generator)
     eps = None
     for sig, sig_prev in zip(sigmas[:-1], sigmas[1:]):
         eps_prev, eps = eps, guide(model, xt, sig, cond)
@@ -74,6 +89,17 @@ def samples(model: nn.Module, sigmas: torch.Tensor, gam: float = 1.0, mu: float 
         if mu > 0:
             xt = xt + (sig_prev**2 - sig_p**2).clamp(min=0).sqrt() * randn(xt.shape, generator, xt.device, xt.dtype)
         yield xt
+
+
+def samples(model: nn.Module, sigmas: torch.Tensor, gam: float = 1.0, mu: float = 0.0, cfg_scale: float = 0.0,
+            batchsize: int = 1, xt: torch.Tensor | None = None, cond: torch.Tensor | None = None, *,
+            guidance: Guidance | None = None, generator: Generators = None) -> Iterator[torch.Tensor]:
+    """`sample_generalized` with smalldiffusion's signature; cfg_scale > 0 is ClassifierFreeGuidance(cfg_scale)."""
+    if cfg_scale and guidance is not None:
+        raise ConfigError(f"cfg_scale={cfg_scale} and guidance={type(guidance).__name__}: pass one of them")
+    guidance = ClassifierFreeGuidance(cfg_scale) if cfg_scale else guidance
+    return sample_generalized(model, sigmas, xt=xt, batch_size=batchsize, cond=cond, guidance=guidance,
+                              generator=generator, gam=gam, mu=mu)
 
 
 def q_sample(x0: torch.Tensor, alpha_bar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -99,34 +125,34 @@ def ddpm_step(x: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor, alpha
     return mean if noise is None else mean + var.sqrt() * noise
 
 
-def _vp_sampler(step, model, sigmas, batchsize, xt, cond, cfg_scale, guidance, generator, eta):
-    sigmas, xt, guide = _setup(model, sigmas, batchsize, xt, cond, generator, cfg_scale, guidance)
+def _vp_steps(step, stochastic, model, sigmas, xt, batch_size, cond, guidance, generator):
+    """Runs `step(x_vp, eps, ab, ab_prev, noise)` of the variance-preserving frame over the levels."""
+    sigmas, xt, guide = _setup(model, sigmas, xt, batch_size, cond, guidance, generator)
     ab = 1 / (1 + sigmas**2)  # (steps+1,)
     for i in range(len(sigmas) - 1):
         eps = guide(model, xt, sigmas[i], cond)
-        noise = randn(xt.shape, generator, xt.device, xt.dtype) if eta > 0 else None
+        noise = randn(xt.shape, generator, xt.device, xt.dtype) if stochastic else None
         x_vp = step(xt * ab[i].sqrt(), eps, ab[i], ab[i + 1], noise)  # (B, ...)
         xt = x_vp / ab[i + 1].sqrt()
         yield xt
 
 
 @torch.no_grad()
-def sample_ddim(model: nn.Module, sigmas: torch.Tensor, eta: float = 0.0, cfg_scale: float = 0.0, batchsize: int = 1,
-                xt: torch.Tensor | None = None, cond: torch.Tensor | None = None, *,
-                guidance: Guidance | None = None, generator: Generators = None) -> Iterator[torch.Tensor]:
+def sample_ddim(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
+                cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
+                eta: float = 0.0) -> Iterator[torch.Tensor]:
     """DDIM over the given levels (eta=0 deterministic, eta=1 ancestral-like); yields x_t in the sigma frame."""
-    if eta < 0:
-        raise ConfigError(f"sampler: eta={eta} must be >= 0")
+    _check_eta(eta)
     step = lambda x, e, a, ap, n: ddim_step(x, e, a, ap, eta, n)  # noqa: E731
-    yield from _vp_sampler(step, model, sigmas, batchsize, xt, cond, cfg_scale, guidance, generator, eta)
+    yield from _vp_steps(step, eta > 0, model, sigmas, xt, batch_size, cond, guidance, generator)
 
 
 @torch.no_grad()
-def sample_ddpm(model: nn.Module, sigmas: torch.Tensor, cfg_scale: float = 0.0, batchsize: int = 1,
-                xt: torch.Tensor | None = None, cond: torch.Tensor | None = None, *,
-                guidance: Guidance | None = None, generator: Generators = None) -> Iterator[torch.Tensor]:
+def sample_ddpm(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
+                cond: torch.Tensor | None = None, guidance: Guidance | None = None,
+                generator: Generators = None) -> Iterator[torch.Tensor]:
     """Ancestral DDPM sampling (Ho et al. 2020, alg. 2) over the given levels; yields x_t in the sigma frame."""
-    yield from _vp_sampler(ddpm_step, model, sigmas, batchsize, xt, cond, cfg_scale, guidance, generator, 1.0)
+    yield from _vp_steps(ddpm_step, True, model, sigmas, xt, batch_size, cond, guidance, generator)
 
 
 def _churn(xt, sig, steps, s_churn, s_tmin, s_tmax, s_noise, generator):
@@ -140,49 +166,55 @@ def _churn(xt, sig, steps, s_churn, s_tmin, s_tmax, s_noise, generator):
 
 
 @torch.no_grad()
-def sample_heun(model: nn.Module, sigmas: torch.Tensor, cfg_scale: float = 0.0, batchsize: int = 1,
-                xt: torch.Tensor | None = None, cond: torch.Tensor | None = None, *, guidance: Guidance | None = None,
-                generator: Generators = None, s_churn: float = 0.0, s_tmin: float = 0.0,
-                s_tmax: float = float("inf"), s_noise: float = 1.0, second_order: bool = True) -> Iterator[torch.Tensor]:
-    """Heun's method (Karras et al. 2022, alg. 1; with s_churn > 0, the stochastic alg. 2); second_order=False is Euler."""
-    sigmas, xt, guide = _setup(model, sigmas, batchsize, xt, cond, generator, cfg_scale, guidance)
+def sample_euler(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
+                 cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
+                 s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
+                 s_noise: float = 1.0) -> Iterator[torch.Tensor]:
+    """Euler steps of the probability-flow ODE dx/dsigma = eps (Karras et al. 2022, alg. 2 without the Heun correction)."""
+    sigmas, xt, guide = _setup(model, sigmas, xt, batch_size, cond, guidance, generator)
     levels = sigmas.tolist()  # Python floats: control flow without a device sync per step
     for sig, sig_next in zip(levels[:-1], levels[1:]):
         xt, sig_hat = _churn(xt, sig, len(levels) - 1, s_churn, s_tmin, s_tmax, s_noise, generator)
+        xt = xt + (sig_next - sig_hat) * guide(model, xt, sig_hat, cond)  # (B, ...)
+        yield xt
+
+
+@torch.no_grad()
+def sample_heun(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
+                cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
+                s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
+                s_noise: float = 1.0) -> Iterator[torch.Tensor]:
+    """Heun's method (Karras et al. 2022, alg. 1; with s_churn > 0, the stochastic alg. 2); Euler on a last step to 0."""
+    sigmas, xt, guide = _setup(model, sigmas, xt, batch_size, cond, guidance, generator)
+    levels = sigmas.tolist()
+    for sig, sig_next in zip(levels[:-1], levels[1:]):
+        xt, sig_hat = _churn(xt, sig, len(levels) - 1, s_churn, s_tmin, s_tmax, s_noise, generator)
         d = guide(model, xt, sig_hat, cond)  # dx/dsigma = eps
-        x_next = xt + (sig_next - sig_hat) * d
-        if second_order and sig_next > 0:
+        x_next = xt + (sig_next - sig_hat) * d  # (B, ...)
+        if sig_next > 0:
             d_next = guide(model, x_next, sig_next, cond)
             x_next = xt + (sig_next - sig_hat) * (d + d_next) / 2
         xt = x_next
         yield xt
 
 
-def sample_euler(model: nn.Module, sigmas: torch.Tensor, cfg_scale: float = 0.0, batchsize: int = 1,
-                 xt: torch.Tensor | None = None, cond: torch.Tensor | None = None, *, guidance: Guidance | None = None,
-                 generator: Generators = None, s_churn: float = 0.0, s_tmin: float = 0.0,
-                 s_tmax: float = float("inf"), s_noise: float = 1.0) -> Iterator[torch.Tensor]:
-    """Euler steps of the probability-flow ODE dx/dsigma = eps (Karras et al. 2022, alg. 2 without the Heun correction)."""
-    return sample_heun(model, sigmas, cfg_scale, batchsize, xt, cond, guidance=guidance, generator=generator,
-                       s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, second_order=False)
-
-
 class Sampler:
     """A sampler as a config object: a step count, an optional sampling schedule and the method's settings.
 
     Call it with the model and its training schedule; `schedule`, when given, replaces the training
-    schedule for sampling (a model trained on one schedule samples on another).
+    schedule for sampling (a model trained on one schedule samples on another). A subclass names its
+    function (`method`) and returns its settings from `settings()`.
     """
 
+    method: Callable[..., Iterator[torch.Tensor]]
     nfe_per_step = 1
 
-    def __init__(self, steps: int = 20, schedule=None):
-        if not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"sampler.steps={steps!r} must be an integer >= 1")
+    def __init__(self, steps: int = 20, schedule: Schedule | None = None):
+        _check_steps(steps)
         self.steps = steps
         self.schedule = schedule
 
-    def sigmas(self, schedule) -> torch.Tensor:
+    def sigmas(self, schedule: Schedule) -> torch.Tensor:
         """The steps + 1 levels to visit."""
         return (self.schedule or schedule).sample_sigmas(self.steps)
 
@@ -191,63 +223,67 @@ class Sampler:
         """Model evaluations per sample (without guidance's doubling)."""
         return self.steps * self.nfe_per_step
 
-    def __call__(self, model: nn.Module, schedule, batchsize: int = 1, cond: torch.Tensor | None = None,
-                 guidance: Guidance | None = None, generator: Generators = None,
-                 xt: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
-        raise NotImplementedError
+    def settings(self) -> dict:
+        """The keyword settings of `method` besides the common ones."""
+        return {}
+
+    def __call__(self, model: nn.Module, schedule: Schedule, *, xt: torch.Tensor | None = None, batch_size: int = 1,
+                 cond: torch.Tensor | None = None, guidance: Guidance | None = None,
+                 generator: Generators = None) -> Iterator[torch.Tensor]:
+        return self.method(model, self.sigmas(schedule), xt=xt, batch_size=batch_size, cond=cond, guidance=guidance,
+                           generator=generator, **self.settings())
 
 
 class GeneralizedSampler(Sampler):
-    """`samples` with fixed gam and mu: DDPM (1, 0.5), DDIM (1, 0), accelerated (2, 0)."""
+    """`sample_generalized` with fixed gam and mu: DDPM (1, 0.5), DDIM (1, 0), accelerated (2, 0)."""
 
-    def __init__(self, steps: int = 20, gam: float = 1.0, mu: float = 0.0, schedule=None):
+    method = staticmethod(sample_generalized)
+
+    def __init__(self, steps: int = 20, gam: float = 1.0, mu: float = 0.0, schedule: Schedule | None = None):
         super().__init__(steps, schedule)
-        if not 0 <= mu < 1:
-            raise ConfigError(f"sampler.mu={mu} must be in [0, 1)")
-        if gam < 1:
-            raise ConfigError(f"sampler.gam={gam} must be >= 1")
+        _check_generalized(gam, mu)
         self.gam, self.mu = gam, mu
 
-    def __call__(self, model, schedule, batchsize=1, cond=None, guidance=None, generator=None, xt=None):
-        return samples(model, self.sigmas(schedule), self.gam, self.mu, batchsize=batchsize, xt=xt, cond=cond,
-                       guidance=guidance, generator=generator)
+    def settings(self) -> dict:
+        return {"gam": self.gam, "mu": self.mu}
 
 
 class DDIMSampler(Sampler):
     """`sample_ddim` with a fixed eta."""
 
-    def __init__(self, steps: int = 50, eta: float = 0.0, schedule=None):
+    method = staticmethod(sample_ddim)
+
+    def __init__(self, steps: int = 50, eta: float = 0.0, schedule: Schedule | None = None):
         super().__init__(steps, schedule)
-        if eta < 0:
-            raise ConfigError(f"sampler.eta={eta} must be >= 0")
+        _check_eta(eta)
         self.eta = eta
 
-    def __call__(self, model, schedule, batchsize=1, cond=None, guidance=None, generator=None, xt=None):
-        return sample_ddim(model, self.sigmas(schedule), self.eta, batchsize=batchsize, xt=xt, cond=cond,
-                           guidance=guidance, generator=generator)
+    def settings(self) -> dict:
+        return {"eta": self.eta}
 
 
 class DDPMSampler(Sampler):
     """`sample_ddpm`: ancestral sampling over `steps` of the discrete timesteps."""
 
-    def __call__(self, model, schedule, batchsize=1, cond=None, guidance=None, generator=None, xt=None):
-        return sample_ddpm(model, self.sigmas(schedule), batchsize=batchsize, xt=xt, cond=cond,
-                           guidance=guidance, generator=generator)
+    method = staticmethod(sample_ddpm)
 
 
-class HeunSampler(Sampler):
-    """`sample_heun` (Karras et al. 2022, alg. 1 and 2); second_order=False gives Euler."""
+class EulerSampler(Sampler):
+    """`sample_euler` (Karras et al. 2022, alg. 2 without the correction); s_churn > 0 adds noise each step."""
 
-    def __init__(self, steps: int = 20, second_order: bool = True, s_churn: float = 0.0, s_tmin: float = 0.0,
-                 s_tmax: float = float("inf"), s_noise: float = 1.0, schedule=None):
+    method = staticmethod(sample_euler)
+
+    def __init__(self, steps: int = 20, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
+                 s_noise: float = 1.0, schedule: Schedule | None = None):
         super().__init__(steps, schedule)
-        self.second_order = second_order
-        self.churn = dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+        self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = s_churn, s_tmin, s_tmax, s_noise
 
-    @property
-    def nfe(self) -> int:
-        return 2 * self.steps if self.second_order else self.steps
+    def settings(self) -> dict:
+        return {"s_churn": self.s_churn, "s_tmin": self.s_tmin, "s_tmax": self.s_tmax, "s_noise": self.s_noise}
 
-    def __call__(self, model, schedule, batchsize=1, cond=None, guidance=None, generator=None, xt=None):
-        return sample_heun(model, self.sigmas(schedule), batchsize=batchsize, xt=xt, cond=cond, guidance=guidance,
-                           generator=generator, second_order=self.second_order, **self.churn)
+
+class HeunSampler(EulerSampler):
+    """`sample_heun` (Karras et al. 2022, alg. 1 and 2): two evaluations per step."""
+
+    method = staticmethod(sample_heun)
+    nfe_per_step = 2

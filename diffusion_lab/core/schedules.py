@@ -24,12 +24,12 @@ def alpha_bar_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
 
 def _check_count(N: int) -> None:
     if not isinstance(N, int) or N < 1:
-        raise ConfigError(f"schedule: N={N!r} must be an integer >= 1")
+        raise ConfigError(f"N={N!r} must be an integer >= 1")
 
 
 def _check_range(name_lo: str, lo: float, name_hi: str, hi: float) -> None:
     if not 0 < lo < hi:
-        raise ConfigError(f"schedule: need 0 < {name_lo} < {name_hi}, got {name_lo}={lo}, {name_hi}={hi}")
+        raise ConfigError(f"{name_lo}={lo} and {name_hi}={hi} must satisfy 0 < {name_lo} < {name_hi}")
 
 
 def _sigmas_from_betas(betas: torch.Tensor) -> torch.Tensor:
@@ -43,9 +43,9 @@ class Schedule:
     def __init__(self, sigmas: torch.Tensor):
         sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
         if sigmas.ndim != 1 or len(sigmas) < 1:
-            raise ConfigError(f"schedule: sigmas must be a non-empty 1-D tensor, got shape {tuple(sigmas.shape)}")
+            raise ConfigError(f"sigmas must be a non-empty 1-D tensor, got shape {tuple(sigmas.shape)}")
         if not (sigmas > 0).all() or not (sigmas[1:] > sigmas[:-1]).all():
-            raise ConfigError("schedule: sigmas must be positive and strictly increasing")
+            raise ConfigError("sigmas must be positive and strictly increasing")
         self.sigmas = sigmas  # (N,)
 
     def __len__(self) -> int:
@@ -74,7 +74,7 @@ class Schedule:
     def sample_sigmas(self, steps: int) -> torch.Tensor:
         """steps + 1 decreasing sigmas with trailing spacing (Lin et al. 2024, table 2); the last is sigma_1."""
         if not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"sampler: steps={steps!r} must be an integer >= 1")
+            raise ConfigError(f"steps={steps!r} must be an integer >= 1")
         N = len(self)
         idx = np.round(N * (1 - np.arange(steps) / steps)).astype(np.int64) - 1  # N-1 down to ~N/steps-1
         return self.sigmas[list(idx) + [0]]
@@ -109,7 +109,7 @@ class ScheduleDDPM(Schedule):
         _check_count(N)
         _check_range("beta_start", beta_start, "beta_end", beta_end)
         if beta_end >= 1:
-            raise ConfigError(f"schedule: beta_end={beta_end} must be < 1")
+            raise ConfigError(f"beta_end={beta_end} must be < 1")
         super().__init__(_sigmas_from_betas(torch.linspace(beta_start, beta_end, N, dtype=torch.float64)))
 
 
@@ -120,7 +120,7 @@ class ScheduleQuadratic(Schedule):
         _check_count(N)
         _check_range("beta_start", beta_start, "beta_end", beta_end)
         if beta_end >= 1:
-            raise ConfigError(f"schedule: beta_end={beta_end} must be < 1")
+            raise ConfigError(f"beta_end={beta_end} must be < 1")
         root = torch.linspace(beta_start**0.5, beta_end**0.5, N, dtype=torch.float64)
         super().__init__(_sigmas_from_betas(root**2))
 
@@ -139,7 +139,7 @@ class ScheduleSigmoid(Schedule):
         _check_count(N)
         _check_range("beta_start", beta_start, "beta_end", beta_end)
         if beta_end >= 1:
-            raise ConfigError(f"schedule: beta_end={beta_end} must be < 1")
+            raise ConfigError(f"beta_end={beta_end} must be < 1")
         s = torch.sigmoid(torch.linspace(-6, 6, N, dtype=torch.float64))
         super().__init__(_sigmas_from_betas(s * (beta_end - beta_start) + beta_start))
 
@@ -150,7 +150,7 @@ class ScheduleCosine(Schedule):
     def __init__(self, N: int = 1000, max_beta: float = 0.999, s: float = 0.008):
         _check_count(N)
         if not 0 < max_beta < 1:
-            raise ConfigError(f"schedule: max_beta={max_beta} must be in (0, 1)")
+            raise ConfigError(f"max_beta={max_beta} must be in (0, 1)")
         t = torch.arange(N + 1, dtype=torch.float64) / N
         f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2  # (N+1,)
         betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
@@ -164,7 +164,7 @@ class ScheduleKarras(Schedule):
         _check_count(N)
         _check_range("sigma_min", sigma_min, "sigma_max", sigma_max)
         if rho <= 0:
-            raise ConfigError(f"schedule: rho={rho} must be > 0")
+            raise ConfigError(f"rho={rho} must be > 0")
         ramp = torch.linspace(0, 1, N, dtype=torch.float64)
         lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
         super().__init__((lo + ramp * (hi - lo)) ** rho)

@@ -72,7 +72,7 @@ class ImageFolder(Dataset):
                 pixels = TF.pil_to_tensor(image.convert("L" if self.channels == 1 else "RGB"))  # (C, H, W)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # PIL's ways to fail a file
             why = str(err).replace(f" {str(path)!r}", "").strip().split("\n")[0] or type(err).__name__
-            raise DataError(f"data: cannot read image {path} ({why})") from None
+            raise DataError(f"cannot read image {path} ({why})") from None
         pixels = TF.resize(pixels, [self.image_size], antialias=True)
         return TF.center_crop(pixels, [self.image_size, self.image_size])
 

@@ -9,6 +9,7 @@ import torch
 from diffusion_lab.evaluation import metrics as M
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.evaluation.classifier import cached_classifier, classifier_outputs
+from diffusion_lab.utils import split_batch
 
 POINT_METRICS = {  # metric(samples (N, D), data (M, D))
     "swd": M.sliced_wasserstein,
@@ -42,8 +43,7 @@ def data_tensors(dataset, max_items: int | None = None, seed: int = 0) -> tuple[
     n = len(dataset) if max_items is None else min(max_items, len(dataset))
     index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values.tolist()
     if hasattr(dataset, "get_batch"):  # the data sets of diffusion_lab.data: one batch, x or (x, y)
-        batch = dataset.get_batch(index)
-        return (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        return split_batch(dataset.get_batch(index))
     items = [dataset[i] for i in index]
     if isinstance(items[0], (tuple, list)):
         return torch.stack([torch.as_tensor(x) for x, _ in items]), torch.as_tensor([int(y) for _, y in items])

@@ -59,11 +59,11 @@ class DenoiserNet(nn.Module):
         self.cond_dropout = cond_dropout
         self.label_emb = nn.Embedding(num_classes + 1, label_dim) if num_classes and label_dim else None
 
-    def rand_input(self, batchsize: int, generator: torch.Generator | None = None) -> Tensor:
-        """Standard normal noise (batchsize, *input_dims) on the model's device and dtype."""
+    def rand_input(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        """Standard normal noise (batch_size, *input_dims) on the model's device and dtype."""
         ref = next(itertools.chain(self.parameters(), self.buffers()), None)
         device, dtype = (ref.device, ref.dtype) if ref is not None else (None, None)
-        return torch.randn((batchsize, *self.input_dims), generator=generator, device=device, dtype=dtype)
+        return torch.randn((batch_size, *self.input_dims), generator=generator, device=device, dtype=dtype)
 
     def null_cond(self, cond: Tensor) -> Tensor:
         """The null condition shaped like `cond`: every label set to `num_classes`."""

@@ -4,9 +4,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusion_lab.core.training import training_noise
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.models.base import SigmaEmbedding
 from diffusion_lab.models.layers import group_norm
+from diffusion_lab.utils import append_dims
 
 
 class ClassifierBlock(nn.Module):
@@ -28,31 +30,31 @@ class ClassifierBlock(nn.Module):
 
 
 class NoiseAwareClassifier(nn.Module):
-    """Logits (B, num_classes) for noisy inputs x = x0 + sigma * eps of shape (B, in_channels, image_size, image_size).
+    """Logits (B, num_classes) for noisy inputs x = x0 + sigma * eps of shape (B, channels, in_dim, in_dim).
 
     The input is scaled by 1 / sqrt(1 + sigma^2) so the network sees unit-variance data at every
     noise level, and an embedding of sigma is added inside every block. `depth` blocks of ch, 2 ch,
     4 ch, ... channels, the resolution halving after each but the last, then global average pooling.
     """
 
-    def __init__(self, in_channels: int = 2, image_size: int = 8, num_classes: int = 10, ch: int = 64,
+    def __init__(self, in_dim: int = 8, channels: int = 2, num_classes: int = 10, ch: int = 64,
                  depth: int = 2) -> None:
         super().__init__()
-        self._check(in_channels, image_size, num_classes, ch, depth)
-        self.input_dims = (in_channels, image_size, image_size)
+        self._check(in_dim, channels, num_classes, ch, depth)
+        self.input_dims = (channels, in_dim, in_dim)
         self.num_classes = num_classes
         emb_dim = 4 * ch
         self.sigma_emb = SigmaEmbedding(ch, out_dim=emb_dim)
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.conv_in = nn.Conv2d(channels, ch, 3, padding=1)
         widths = [ch] + [ch * 2**i for i in range(depth)]  # block i maps widths[i] to widths[i + 1] channels
         self.blocks = nn.ModuleList(ClassifierBlock(widths[i], widths[i + 1], emb_dim) for i in range(depth))
         self.head = nn.Sequential(group_norm(widths[-1]), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Linear(widths[-1], num_classes))
 
     @staticmethod
-    def _check(in_channels: int, image_size: int, num_classes: int, ch: int, depth: int) -> None:
-        if in_channels < 1:
-            raise ConfigError(f"NoiseAwareClassifier: in_channels={in_channels} must be >= 1")
+    def _check(in_dim: int, channels: int, num_classes: int, ch: int, depth: int) -> None:
+        if channels < 1:
+            raise ConfigError(f"NoiseAwareClassifier: channels={channels} must be >= 1")
         if num_classes < 2:
             raise ConfigError(f"NoiseAwareClassifier: num_classes={num_classes} must be >= 2")
         if ch < 2 or ch % 2:
@@ -60,14 +62,14 @@ class NoiseAwareClassifier(nn.Module):
         if depth < 1:
             raise ConfigError(f"NoiseAwareClassifier: depth={depth} must be >= 1")
         f = 2 ** (depth - 1)
-        if image_size < f or image_size % f:
-            raise ConfigError(f"NoiseAwareClassifier: image_size={image_size} must be a positive multiple of "
+        if in_dim < f or in_dim % f:
+            raise ConfigError(f"NoiseAwareClassifier: in_dim={in_dim} must be a positive multiple of "
                               f"{f} (2^(depth - 1) for depth={depth})")
 
     def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         B = x.shape[0]
         sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1).expand(B)  # (B,)
-        x = x / (1 + sigma**2).sqrt().view(B, 1, 1, 1)  # unit variance for unit-variance x0
+        x = x / append_dims(1 + sigma**2, x).sqrt()  # unit variance for unit-variance x0
         emb = F.silu(self.sigma_emb(sigma))  # (B, emb_dim)
         h = self.conv_in(x)  # (B, ch, H, W)
         for i, block in enumerate(self.blocks):
@@ -80,9 +82,8 @@ class NoiseAwareClassifier(nn.Module):
 def noisy_classification_loss(classifier: nn.Module, x0: Tensor, labels: Tensor, schedule,
                               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """(cross-entropy, accuracy) of `classifier` on x0 noised at random training levels of `schedule`."""
-    sigma = schedule.sample_batch(x0, generator)  # (B,)
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    x = x0 + sigma.view(-1, *([1] * (x0.ndim - 1))) * eps  # (B, ...)
+    sigma, eps = training_noise(x0, schedule, generator)  # (B,), (B, ...)
+    x = x0 + append_dims(sigma, x0) * eps  # (B, ...)
     logits = classifier(x, sigma)  # (B, K)
     accuracy = (logits.argmax(-1) == labels).float().mean()
     return F.cross_entropy(logits, labels.long()), accuracy

@@ -7,6 +7,7 @@ from torch.utils.data import Dataset
 
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.models.base import DenoiserNet
+from diffusion_lab.utils import append_dims, split_batch
 
 MAX_LOGITS = 2**24  # elements of one (batch chunk, N) logit matrix: bounds memory
 
@@ -19,7 +20,7 @@ def stack_dataset(dataset: Tensor | np.ndarray | Dataset, max_points: int | None
         kind = type(dataset).__name__
         raise ConfigError(f"IdealDenoiser: dataset must be a tensor or a map-style Dataset, got {kind}")
     items = [dataset[i] for i in range(len(dataset))[:max_points]]
-    return torch.stack([torch.as_tensor(it[0] if isinstance(it, (tuple, list)) else it) for it in items])
+    return torch.stack([torch.as_tensor(split_batch(it)[0]) for it in items])
 
 
 class IdealDenoiser(DenoiserNet):
@@ -59,5 +60,4 @@ class IdealDenoiser(DenoiserNet):
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Tensor | None = None) -> Tensor:
         sigma = self.sigma_batch(sigma, x)  # (B,)
         self.labels(cond, x)  # rejects a cond: the empirical distribution here is unconditional
-        sigma_b = sigma.view(-1, *[1] * (x.ndim - 1))  # (B, 1, ...)
-        return (x - self.posterior_mean(x, sigma)) / sigma_b
+        return (x - self.posterior_mean(x, sigma)) / append_dims(sigma, x)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.models.layers import group_norm, zero_init
+from diffusion_lab.utils import split_batch
 
 LOGVAR_RANGE = (-30.0, 20.0)  # clamp of log sigma^2 as in the LDM code: keeps exp(logvar) finite
 
@@ -108,7 +109,7 @@ def _batches(data: Tensor | Iterable) -> Iterable[Tensor]:
     """A tensor is one batch; otherwise iterate, taking x from (x, label) items."""
     if isinstance(data, Tensor):
         return [data]
-    return (b[0] if isinstance(b, (tuple, list)) else b for b in data)
+    return (split_batch(b)[0] for b in data)
 
 
 class VAE(nn.Module):
@@ -119,22 +120,23 @@ class VAE(nn.Module):
     squared reconstruction error (LDM's "KL-reg" uses about 1e-6).
     """
 
-    def __init__(self, in_channels: int = 3, image_size: int = 32, latent_channels: int = 2, ch: int = 64,
+    def __init__(self, in_dim: int = 32, channels: int = 3, latent_channels: int = 2, ch: int = 64,
                  ch_mult: Sequence[int] = (1, 2, 4), num_res_blocks: int = 1, attn: bool = True,
                  kl_weight: float = 1e-6) -> None:
         super().__init__()
         ch_mult = tuple(int(m) for m in ch_mult)
-        self._check(in_channels, image_size, latent_channels, ch, ch_mult, num_res_blocks, kl_weight)
-        self.in_channels, self.image_size, self.latent_channels = in_channels, image_size, latent_channels
+        self._check(in_dim, channels, latent_channels, ch, ch_mult, num_res_blocks, kl_weight)
+        self.in_dim, self.channels, self.latent_channels = in_dim, channels, latent_channels
+        self.input_dims = (channels, in_dim, in_dim)  # the images it encodes
         self.downsample = 2 ** (len(ch_mult) - 1)
         self.kl_weight = kl_weight
-        self.encoder = Encoder(in_channels, latent_channels, ch, ch_mult, num_res_blocks, attn)
-        self.decoder = Decoder(in_channels, latent_channels, ch, ch_mult, num_res_blocks, attn)
+        self.encoder = Encoder(channels, latent_channels, ch, ch_mult, num_res_blocks, attn)
+        self.decoder = Decoder(channels, latent_channels, ch, ch_mult, num_res_blocks, attn)
         self.register_buffer("scale_factor", torch.tensor(1.0))  # saved in the state_dict with the weights
 
     @staticmethod
-    def _check(in_channels, image_size, latent_channels, ch, ch_mult, num_res_blocks, kl_weight) -> None:
-        for name, value in [("in_channels", in_channels), ("latent_channels", latent_channels),
+    def _check(in_dim, channels, latent_channels, ch, ch_mult, num_res_blocks, kl_weight) -> None:
+        for name, value in [("channels", channels), ("latent_channels", latent_channels),
                             ("num_res_blocks", num_res_blocks)]:
             if value < 1:
                 raise ConfigError(f"VAE: {name}={value} must be >= 1")
@@ -143,16 +145,16 @@ class VAE(nn.Module):
         if not ch_mult or min(ch_mult) < 1:
             raise ConfigError(f"VAE: ch_mult={list(ch_mult)} must be a non-empty list of integers >= 1")
         f = 2 ** (len(ch_mult) - 1)
-        if image_size < f or image_size % f:
-            raise ConfigError(f"VAE: image_size={image_size} must be a positive multiple of {f} "
+        if in_dim < f or in_dim % f:
+            raise ConfigError(f"VAE: in_dim={in_dim} must be a positive multiple of {f} "
                               f"(2^(len(ch_mult) - 1) for ch_mult={list(ch_mult)})")
         if kl_weight < 0:
             raise ConfigError(f"VAE: kl_weight={kl_weight} must be >= 0")
 
     @property
     def latent_dims(self) -> tuple[int, int, int]:
-        """Shape of one latent: (latent_channels, image_size / f, image_size / f)."""
-        side = self.image_size // self.downsample
+        """Shape of one latent: (latent_channels, in_dim / f, in_dim / f)."""
+        side = self.in_dim // self.downsample
         return (self.latent_channels, side, side)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -20,6 +20,7 @@ from diffusion_lab.errors import CheckpointError, ConfigError
 from diffusion_lab.models.classifier import noisy_classification_loss
 from diffusion_lab.models.vae import VAE
 from diffusion_lab.training.module import DiffusionModule, seed_device, step_seed
+from diffusion_lab.utils import split_batch
 
 # The parts each mode trains; the others are frozen (no gradients, eval mode).
 TRAINED = {"reconstruction": ("vae",), "diffusion": ("model",), "classifier": ("classifier",),
@@ -91,10 +92,6 @@ class LatentDiffusionModule(DiffusionModule):
             raise CheckpointError(f"init_from: {err}") from None
         return set(parts)
 
-    def _images(self, batch) -> tuple[Tensor, Tensor | None]:
-        """(images (B, C, H, W), labels (B,) or None)."""
-        return (batch[0], batch[1]) if isinstance(batch, (list, tuple)) else (batch, None)
-
     def train(self, mode: bool = True) -> "LatentDiffusionModule":
         super().train(mode)
         for part in {"vae", "model", "classifier"} - set(TRAINED[self.mode]):
@@ -102,12 +99,9 @@ class LatentDiffusionModule(DiffusionModule):
         return self
 
     def setup(self, stage: str) -> None:
-        data, vae = self.trainer.datamodule, self.vae
+        data = self.trainer.datamodule  # its shape against the VAE's is checked where both are built (app.train)
         if data is None:
             return
-        if tuple(data.input_dims) != (vae.in_channels, vae.image_size, vae.image_size):
-            raise ConfigError(f"module.vae takes images of shape {[vae.in_channels, vae.image_size, vae.image_size]}"
-                              f" but data gives {list(data.input_dims)}")
         if "classifier" in TRAINED[self.mode] and data.num_classes != self.classifier.num_classes:
             raise ConfigError(f"stage={self.mode} needs labelled data with module.classifier.num_classes="
                               f"{self.classifier.num_classes} classes; data.num_classes={data.num_classes}")
@@ -141,7 +135,7 @@ class LatentDiffusionModule(DiffusionModule):
         return terms
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        x0, labels = self._images(batch)
+        x0, labels = split_batch(batch)  # (B, C, H, W), (B,) or None
         seed_device(x0.device, step_seed(self.seed, self.global_step, self.global_rank, batch_idx))
         terms = self.losses(x0, labels)
         if self.logs_this_step():
@@ -152,7 +146,7 @@ class LatentDiffusionModule(DiffusionModule):
         return [p for part in TRAINED[self.mode] for p in getattr(self, part).parameters()]
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        x0, labels = self._images(batch)
+        x0, labels = split_batch(batch)  # (B, C, H, W), (B,) or None
         generator = torch.Generator(x0.device).manual_seed(step_seed(self.seed, batch_idx, -1))
         terms = self.losses(x0, labels, generator)
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True)
@@ -163,7 +157,7 @@ class LatentDiffusionModule(DiffusionModule):
         """Reconstructions beside their originals (reconstruction), else images decoded from sampled latents."""
         if self.mode != "reconstruction":
             if "model" in self.trained_parts:
-                super().on_validation_epoch_end()  # self.generate decodes; also logs val/swd against the images
+                super().on_validation_epoch_end()  # self.draw_samples decodes; also logs val/swd against the images
             return
         ref = getattr(self, "_reference", None)
         if not self.trainer.sanity_checking and self.num_samples > 0 and ref is not None:
@@ -182,9 +176,9 @@ class LatentDiffusionModule(DiffusionModule):
         return torch.arange(n, device=self.device) % (self.model.num_classes or self.classifier.num_classes)
 
     @torch.no_grad()
-    def generate(self, n: int, seed: int | None = None) -> Tensor:
+    def draw_samples(self, n: int, seed: int | None = None) -> Tensor:
         """n images (B, C, H, W) decoded from latents drawn with the sampler and guidance; sample i uses seed + i."""
-        return self.vae.decode(super().generate(n, seed)).clamp(-1, 1)
+        return self.vae.decode(super().draw_samples(n, seed)).clamp(-1, 1)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

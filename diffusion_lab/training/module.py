@@ -10,6 +10,7 @@ from torch import nn
 from diffusion_lab.core import Guidance, Sampler, Schedule, diffusion_loss, per_sample_generators
 from diffusion_lab.errors import ConfigError, NonFiniteError
 from diffusion_lab.evaluation.metrics import sliced_wasserstein
+from diffusion_lab.utils import split_batch
 
 log = logging.getLogger(__name__)
 # Scheduler state that counts progress; everything else in it is a setting the current config decides.
@@ -62,9 +63,9 @@ class DiffusionModule(L.LightningModule):
         return self.model(x, sigma, cond)
 
     def _split(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if isinstance(batch, (list, tuple)):
-            return batch[0], batch[1] if self.conditional else None
-        return batch, None
+        """(x0, labels): labels only when the model is trained conditionally."""
+        x0, labels = split_batch(batch)
+        return x0, labels if self.conditional else None
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0, cond = self._split(batch)
@@ -130,7 +131,7 @@ class DiffusionModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or self.num_samples < 1:
             return
-        x = self.generate(self.num_samples)
+        x = self.draw_samples(self.num_samples)
         self.last_samples = x
         ref = getattr(self, "_reference", None)
         if ref is not None:
@@ -143,7 +144,7 @@ class DiffusionModule(L.LightningModule):
         return torch.arange(n, device=self.device) % self.model.num_classes
 
     @torch.no_grad()
-    def generate(self, n: int, seed: int | None = None) -> torch.Tensor:
+    def draw_samples(self, n: int, seed: int | None = None) -> torch.Tensor:
         """n samples with the configured sampler and guidance; sample i always uses seed + i."""
         first = self.seed if seed is None else seed
         generators = per_sample_generators(range(first, first + n), self.device)
