@@ -1,16 +1,8 @@
-"""Shared fixtures: compose the real Hydra config with run paths in a temporary directory; wandb offline."""
-import os
-
+"""Fixtures shared by the test modules: wandb and the hub offline, one thread, composed configs, tiny checkpoints."""
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
 
-from diffusion_lab.app.config import CONFIG_DIR
-
-FAST = ["trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.log_every_n_steps=5",
-        "callbacks.model_checkpoint.every_n_train_steps=10", "num_samples=16", "sampler.steps=5",
-        "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
+from tests.helpers import compose_train, write_tiny_checkpoints
 
 
 @pytest.fixture(autouse=True)
@@ -30,20 +22,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def compose_train(overrides: list[str], out_dir, config_name: str = "train") -> DictConfig:
-    """The composed train config, as `python train.py <overrides>` would see it, writing under out_dir."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(out_dir)
-        cfg.paths.output_dir = str(out_dir)
-        cfg.paths.data_dir = str(os.path.join(out_dir, "data"))
-    return cfg
-
-
 @pytest.fixture
 def compose_cfg(tmp_path):
+    """compose_train with run paths under this test's tmp_path unless out_dir is given."""
     def _compose(overrides=(), out_dir=None):
         return compose_train(list(overrides), out_dir or tmp_path)
 
     return _compose
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpts(tmp_path_factory) -> dict:
+    """write_tiny_checkpoints in a folder of this module's: name -> checkpoint path."""
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("ckpts"))

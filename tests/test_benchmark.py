@@ -3,11 +3,9 @@
 It asserts nothing about speed: the benchmark's numbers depend on the machine and its load.
 """
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import run_script
+
 RUN_FIELDS = {"step_ms", "cpu_ms", "samples_per_s", "peak_memory_mib", "host_reads_per_step"}
 WORKLOAD_FIELDS = {"batch", "steps", "warmup", "params", "flops_per_step", "framework", "plain", "framework_runs",
                    "plain_runs", "ratio", "cpu_ratio", "overhead_ms", "mfu", "sampling", "sampling_cfg", "options"}
@@ -15,8 +13,7 @@ SAMPLING_FIELDS = {"samples_per_s", "batch", "steps", "sampler", "forwards_per_s
 
 
 def test_smoke_benchmark_quick_writes_json_and_markdown(tmp_path):
-    subprocess.run([sys.executable, "scripts/benchmark.py", "--quick", "--out", str(tmp_path)], cwd=ROOT, check=True,
-                   capture_output=True, timeout=300)
+    run_script("scripts/benchmark.py", ["--quick", "--out", str(tmp_path)], timeout=300, one_thread=False, check=True)
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert set(report["machine"]) >= {"device", "threads", "torch", "lightning", "peak_matmul_tflops"}
     toy = report["workloads"]["toy"]

@@ -1,16 +1,9 @@
 """check_config: a value of the wrong type or out of range is one ConfigError naming its key; every shipped config passes."""
-from pathlib import Path
-
 import pytest
 
-from diffusion_lab.app.config import CONFIG_DIR
 from diffusion_lab.app.config_checks import check_config
 from diffusion_lab.errors import ConfigError
-from tests.conftest import compose_train
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+from tests.helpers import compose_train, config_options
 
 
 # override(s) -> (the full key the message starts with, the rest of what it must say)
@@ -97,7 +90,7 @@ GROUPS = ["data", "model", "parameterization", "schedule", "sampler", "guidance"
           "trainer", "logger", "callbacks", "debug", "hparams_search", "experiment"]
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in config_options(g)])
 def test_every_shipped_option_passes_unchanged(group, option, tmp_path):
     cfg = compose_train([f"{group}={option}", *EXTRA.get((group, option), [])], tmp_path)
     check_config(cfg)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import socket
 from pathlib import Path
 
@@ -26,9 +25,7 @@ from diffusion_lab.data import (
 )
 from diffusion_lab.data.images import digits_split_indices
 from diffusion_lab.errors import ConfigError, DataError
-
-REPO = Path(__file__).resolve().parents[1]
-REAL_MNIST = REPO.parent / "shared" / "data" / "mnist"
+from tests.helpers import REAL_MNIST, write_idx
 
 # (class, kwargs, input_dims, num_classes, length, random)
 TOY_SETS = [
@@ -122,15 +119,6 @@ def test_gaussian_mixture_points_sit_at_their_mode():
 def test_bad_arguments_raise_config_error_naming_them(build, name):
     with pytest.raises(ConfigError, match=name):
         build()
-
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write uint8 `array` in IDX format, gzip'd when the name ends in .gz."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
 
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)

@@ -1,27 +1,20 @@
 """DDP on CPU (gloo): 2 processes, 2 torchrun nodes on localhost, SLURM detection; one run directory; exact resume."""
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import FAST, compose_train
-from tests.test_reliability import assert_same_training_state
+from tests.helpers import (FAST, assert_same_training_state, compose_train, free_port, global_step, run_script,
+                           start_script)
 
-ROOT = Path(__file__).resolve().parents[1]
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *FAST, "data.epoch_size=4096",
        "data.batch_size=256", "trainer.val_check_interval=10", "callbacks.model_checkpoint.every_n_train_steps=10"]
 
 
-def run(args, cwd, timeout=300):
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
-                       timeout=timeout, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
+def run(args, cwd):
+    """`python train.py <args>`, which must succeed."""
+    return run_script("train.py", args, cwd=cwd, timeout=300, check=True)
 
 
 def assert_ranks_identical(dump_dir):
@@ -65,38 +58,29 @@ def test_ddp_resume_is_bit_identical(tmp_path):
 def test_ddp_sigterm_on_one_rank_stops_every_rank_at_one_saved_step(tmp_path):
     """Only rank 1 hears SIGTERM at step 13: the ranks agree, rank 0 saves step 13, the resume is bit-identical."""
     run([*DDP, "trainer.max_steps=20", f"hydra.run.dir={tmp_path}/straight"], cwd=tmp_path)
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *DDP, "trainer.max_steps=20",
-                        "+callbacks.sig._target_=tests.crash.SignalAtStep", "+callbacks.sig.step=13",
-                        "+callbacks.sig.rank=1", f"hydra.run.dir={tmp_path}/stopped"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300, env=env)
+    r = run_script("train.py", [*DDP, "trainer.max_steps=20", "+callbacks.sig._target_=tests.crash.SignalAtStep",
+                                "+callbacks.sig.step=13", "+callbacks.sig.rank=1", f"hydra.run.dir={tmp_path}/stopped"],
+                   cwd=tmp_path, timeout=300)
     assert r.returncode == 143, r.stderr[-3000:]
-    assert torch.load(tmp_path / "stopped/checkpoints/last.ckpt", weights_only=False)["global_step"] == 13
+    assert global_step(tmp_path / "stopped/checkpoints/last.ckpt") == 13
     run([*DDP, "trainer.max_steps=20", "ckpt_path=auto", f"hydra.run.dir={tmp_path}/stopped"], cwd=tmp_path)
     assert_same_training_state(tmp_path / "straight/checkpoints/last.ckpt", tmp_path / "stopped/checkpoints/last.ckpt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_torchrun_nodes_on_localhost_train_together(tmp_path):
-    port = _free_port()
+    port = free_port()
     args = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2", *FAST,
             "trainer.max_steps=10", "+callbacks.dump._target_=tests.crash.DumpWeights",
             f"+callbacks.dump.dirpath={tmp_path}/dump", f"hydra.run.dir={tmp_path}/run"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-                               f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
-                               str(ROOT / "train.py"), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    nodes = [start_script("train.py", args, cwd=tmp_path, stderr=subprocess.STDOUT,
+                          launcher=["-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                                    f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}"])
+             for rank in (0, 1)]
     outs = [p.communicate(timeout=300)[0] for p in nodes]
     assert all(p.returncode == 0 for p in nodes), outs[0][-2000:] + outs[1][-2000:]
     assert_ranks_identical(tmp_path / "dump")
-    assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)["global_step"] == 10
+    assert global_step(tmp_path / "run/checkpoints/last.ckpt") == 10
 
 
 def test_slurm_launcher_config_composes_and_fake_slurm_is_detected(tmp_path, monkeypatch):
@@ -121,13 +105,12 @@ def test_torchrun_sampling_splits_seeds_across_ranks_and_gathers_the_same_sample
 
     train(compose_train([*FAST, "trainer.max_steps=5"], tmp_path / "run"))
     ckpt = tmp_path / "run/checkpoints/last.ckpt"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     common = [f"ckpt={ckpt}", "num_samples=10", "save=[pt]", "progress=false"]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                    f"--master_port={_free_port()}", str(ROOT / "scripts/sample.py"), *common, "batch_size=3",
-                    f"hydra.run.dir={tmp_path}/two"], cwd=tmp_path, env=env, check=True, capture_output=True)
-    subprocess.run([sys.executable, str(ROOT / "scripts/sample.py"), *common, "batch_size=10",
-                    f"hydra.run.dir={tmp_path}/one"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    run_script("scripts/sample.py", [*common, "batch_size=3", f"hydra.run.dir={tmp_path}/two"], cwd=tmp_path,
+               launcher=["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"],
+               check=True)
+    run_script("scripts/sample.py", [*common, "batch_size=10", f"hydra.run.dir={tmp_path}/one"], cwd=tmp_path,
+               check=True)
     two, one = torch.load(tmp_path / "two/samples.pt"), torch.load(tmp_path / "one/samples.pt")
     assert two["indices"].tolist() == list(range(10))
     assert torch.allclose(two["samples"], one["samples"], atol=1e-5)  # batch sizes differ: float rounding only

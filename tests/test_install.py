@@ -5,14 +5,13 @@ import importlib.util
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 
 import pytest
 from hydra.errors import InstantiationException
 
 from diffusion_lab.app import config
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 

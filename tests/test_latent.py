@@ -3,7 +3,6 @@
 import pickle
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,7 @@ from diffusion_lab.core import ClassifierGuidance, ScheduleLogLinear, sample_ddi
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.models.classifier import NoiseAwareClassifier, noisy_classification_loss
 from diffusion_lab.models.vae import VAE
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def small_vae(channels: int = 3) -> VAE:

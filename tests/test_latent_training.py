@@ -3,10 +3,6 @@
 MNIST is not on this machine: the runs read 40 tiny images written in the real IDX format (gzip'd, magic numbers
 2051 and 2049). Sizes are shrunk (batch, steps, channels); the stages and their wiring are the experiment's.
 """
-import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -17,10 +13,8 @@ from PIL import Image
 
 from diffusion_lab.errors import CheckpointError, ConfigError
 from diffusion_lab.app.train import build, train
-from tests.conftest import compose_train
-from tests.test_data import write_idx
+from tests.helpers import compose_train, logged_metrics, start_script, tiny_pipeline, write_square_digits
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["experiment=mnist_latent", "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
         "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "data.batch_size=4", "data.val_size=4",
         "data.num_workers=0", "num_samples=4", "sampler.steps=2", "callbacks.model_checkpoint.every_n_train_steps=2",
@@ -34,19 +28,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 def data_dir(tmp_path_factory) -> Path:
     """An MNIST train split of 40 images (28x28, a bright square whose place is the label) in root/MNIST/raw."""
     root = tmp_path_factory.mktemp("data")
-    labels = np.arange(40) % 10
-    images = np.zeros((40, 28, 28), dtype=np.uint8)
-    for i, y in enumerate(labels):
-        images[i, 2 * y: 2 * y + 8, 4:12] = 255
-    write_idx(root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz", images)
-    write_idx(root / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz", labels)
+    write_square_digits(root / "MNIST" / "raw")
     return root
 
 
 def stage_cfg(stage: str, out: Path, data_dir: Path, *extra: str):
-    cfg = compose_train([*TINY, f"stage={stage}", *extra], out)
-    cfg.paths.data_dir = str(data_dir)
-    return cfg
+    return compose_train([*TINY, f"stage={stage}", *extra], out, data_dir)
 
 
 def initial(cfg) -> dict:
@@ -61,13 +48,6 @@ def part(state: dict, name: str) -> dict:
 
 def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def metrics(run: Path) -> dict[str, list[float]]:
-    """Each logged key of a run's CSV -> its values in order."""
-    with open(run / "csv" / "version_0" / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows if r[k]] for k in rows[0]}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +77,7 @@ def test_reconstruction_trains_only_the_vae_and_draws_reconstructions_beside_ori
     assert not same(part(state, "vae"), part(start, "vae"))
     assert same(part(state, "model"), part(start, "model")) and same(part(state, "classifier"), part(start, "classifier"))
     assert state["vae.scale_factor"] == 1.0  # fitted by the next stage
-    logged = metrics(run)
+    logged = logged_metrics(run)
     assert len(logged["train/loss"]) == 2 and np.isfinite(logged["val/recon_mse"]).all()
     # 4 tiles of 32x64 (an image and its reconstruction side by side) in a 2x2 grid with 1-pixel padding
     assert Image.open(run / "samples" / "samples_step0000002.png").size == (2 * 65 + 1, 2 * 33 + 1)
@@ -110,7 +90,7 @@ def test_diffusion_starts_from_the_trained_vae_keeps_it_frozen_and_saves_the_fit
     assert same({k: v for k, v in part(state, "vae").items() if k != "vae.scale_factor"},
                 {k: v for k, v in vae_before.items() if k != "vae.scale_factor"})
     assert not same(part(state, "model"), part(start, "model"))
-    assert "ema_state_dict" in ckpt and "val/swd" in metrics(run)
+    assert "ema_state_dict" in ckpt and "val/swd" in logged_metrics(run)
     # the saved scale factor is 1 / std of the trained VAE's latents of the validation images
     module, datamodule = build(stage_cfg("diffusion", run / "check", data_dir, f"init_from={run.parent}/"
                                          "reconstruction/checkpoints/last.ckpt"))
@@ -127,7 +107,7 @@ def test_joint_continues_the_diffusion_stage_and_logs_classifier_accuracy(runs):
     assert same(part(start, "model"), {f"model.{k}": v for k, v in before["ema_state_dict"].items()})
     assert not same(part(state, "model"), part(start, "model"))
     assert not same(part(state, "classifier"), part(start, "classifier"))
-    logged = metrics(run)
+    logged = logged_metrics(run)
     assert 0 <= logged["val/accuracy"][-1] <= 1 and {"val/diffusion_loss", "val/classifier_loss"} <= logged.keys()
     assert (run / "samples" / "samples_step0000002.png").is_file()  # drawn with classifier guidance
 
@@ -137,7 +117,7 @@ def test_classifier_stage_trains_only_the_classifier(runs):
     state = ckpt["state_dict"]
     assert same(part(state, "model"), part(start, "model")) and same(part(state, "vae"), part(start, "vae"))
     assert not same(part(state, "classifier"), part(start, "classifier"))
-    assert "val/accuracy" in metrics(run)
+    assert "val/accuracy" in logged_metrics(run)
 
 
 def test_frozen_parts_stay_in_eval_mode_without_gradients(runs, data_dir, tmp_path):
@@ -164,8 +144,7 @@ def test_bad_init_from_or_stage_is_a_one_line_error(case, runs, data_dir, tmp_pa
         "none": (["stage=joint"], ConfigError, "needs init_from"),
         "bad_stage": (["stage=sampling"], ConfigError, "stage='sampling'"),
     }[case]
-    cfg = compose_train([*TINY, *args], tmp_path)
-    cfg.paths.data_dir = str(data_dir)
+    cfg = compose_train([*TINY, *args], tmp_path, data_dir)
     with pytest.raises(error, match=text) as info:
         build(cfg)
     assert "\n" not in str(info.value)
@@ -182,24 +161,13 @@ def test_data_of_another_shape_than_the_vae_takes_is_one_line_naming_the_key(dat
     assert "\n" not in message
 
 
-def sample_pretrained(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "sample_pretrained.py"), *args], cwd=cwd, env=env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def test_sample_pretrained_writes_a_grid_and_refuses_an_unknown_hub_id_offline(tmp_path):
+def test_sample_pretrained_writes_one_row_per_prompt(tmp_path):
+    """Its bad inputs (an unknown hub id offline) are cases of test_bad_input.py."""
     pytest.importorskip("diffusers")
-    from tests.test_pretrained import tiny_pipeline
-
     tiny_pipeline("epsilon").save_pretrained(tmp_path / "pipe")
-    good = sample_pretrained([f"pretrained={tmp_path / 'pipe'}", "prompts=[a cat,a dog]", "sampler.steps=2",
-                              f"hydra.run.dir={tmp_path / 'good'}"], tmp_path)
-    bad = sample_pretrained(["pretrained=nobody-here/no-such-model", f"hydra.run.dir={tmp_path / 'bad'}"], tmp_path)
-    _, err = bad.communicate(timeout=300)
-    out, good_err = good.communicate(timeout=300)
-    assert good.returncode == 0, good_err[-3000:]
+    good = start_script("scripts/sample_pretrained.py", [f"pretrained={tmp_path / 'pipe'}", "prompts=[a cat,a dog]",
+                                                         "sampler.steps=2", f"hydra.run.dir={tmp_path / 'good'}"],
+                        cwd=tmp_path)
+    _, err = good.communicate(timeout=300)
+    assert good.returncode == 0, err[-3000:]
     assert Image.open(tmp_path / "good" / "samples.png").size == (17 + 1, 2 * 17 + 1)  # 2 of 16x16, one per row
-    assert bad.returncode != 0 and "Traceback" not in err, err[-3000:]
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "nobody-here/no-such-model" in errors[0] and "save_pretrained" in errors[0]

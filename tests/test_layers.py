@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
+
 PACKAGE = ROOT / "diffusion_lab"
 UPPER = {"training": {"lightning", "torch_ema"}, "app": None}  # layer folder -> what it may add (None: anything)
 LIBRARY_DEPS = {"torch", "numpy", "einops", "torchvision", "PIL"}  # PIL: torchvision's image type, in the base install

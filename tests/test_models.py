@@ -1,7 +1,6 @@
 """Tests of the denoiser networks: the shared forward contract, conditioning and the ideal denoiser."""
 
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +17,6 @@ from diffusion_lab.models import (
     ToyUNet,
     Unet,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_dit(in_dim: int, **kw) -> DiT:

@@ -7,7 +7,7 @@ from PIL import Image
 from diffusion_lab.data import GaussianMixture
 from diffusion_lab.evaluation.plotting import save_samples, save_trajectory
 from diffusion_lab.app.train import train
-from tests.conftest import FAST
+from tests.helpers import FAST
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,13 +1,9 @@
-"""Sampling and evaluation from checkpoints: determinism per seed, metric rankings, the scripts and their bad inputs."""
-import os
-import subprocess
-import sys
+"""Sampling and evaluation from checkpoints: determinism per seed, metric rankings, the scripts."""
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from diffusion_lab.app.loading import build_guidance, load_run, sampler_config, sampling_setup
 from diffusion_lab.models.weights import read_checkpoint
@@ -16,49 +12,10 @@ from diffusion_lab.core import (ClassifierFreeGuidance, Denoiser, EulerSampler, 
 from diffusion_lab.errors import CheckpointError, ConfigError
 from diffusion_lab.evaluation import Evaluator, data_tensors
 from diffusion_lab.sampling import SamplingSetup, generate, trajectory
-from tests.conftest import compose_train
+from tests.helpers import start_script
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_DIT = ["model=dit", "data=digits", "model.depth=1", "model.num_heads=2", "model.head_dim=8", "model.patch_size=2"]
 STOCHASTIC = {"_target_": "diffusion_lab.core.GeneralizedSampler", "steps": 4, "gam": 1.0, "mu": 0.5, "schedule": None}
-
-
-def write_checkpoint(path: Path, overrides: list[str], config_patch: dict | None = None) -> Path:
-    """A checkpoint laid out as train.py writes it (Lightning keys, model.-prefixed weights, EMA, config)."""
-    cfg = compose_train(overrides, path.parent)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = instantiate(cfg.parameterization, net=instantiate(cfg.model))
-    ema = {k: v.clone() for k, v in model.state_dict().items()}
-    raw = {f"model.{k}": v + 0.05 if v.is_floating_point() else v for k, v in ema.items()}  # raw weights != EMA
-    config = OmegaConf.to_container(OmegaConf.merge(cfg, config_patch or {}), resolve=True)
-    torch.save({"epoch": 0, "global_step": 2, "pytorch-lightning_version": "2", "state_dict": raw,
-                "ema_state_dict": ema, "config": config}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("ckpts")
-    toy = write_checkpoint(d / "toy.ckpt", ["sampler.steps=4"])
-    corrupt = d / "corrupt.ckpt"
-    corrupt.write_bytes(toy.read_bytes()[: toy.stat().st_size // 2])
-    return {"toy": toy, "corrupt": corrupt,
-            "other": write_checkpoint(d / "other.ckpt", [], {"model": {"hidden_dims": [16, 64, 16]}}),
-            "cond": write_checkpoint(d / "cond.ckpt", [*TINY_DIT, "conditional=true", "guidance=cfg",
-                                                       "sampler.steps=3"]),
-            "missing": d / "missing.ckpt"}
-
-
-# (script, checkpoint, overrides): each a user mistake that must end in one `error:` line and a non-zero exit.
-BAD_INPUTS = {
-    "missing": ("sample", "missing", []),
-    "corrupt": ("sample", "corrupt", []),
-    "other_model": ("sample", "other", []),
-    "cfg_scale_unconditional": ("sample", "toy", ["cfg_scale=2"]),
-    "labels_outside_classes": ("sample", "cond", ["labels=[3,10]"]),
-    "steps_zero": ("evaluate", "toy", ["steps=0"]),  # evaluate.py shares the checks and the error report
-}
+# (script, checkpoint, overrides); the bad inputs of both scripts are in test_bad_input.py.
 GOOD = {
     "sample": ("sample", "toy", ["num_samples=20", "batch_size=7", "seed=5", "save=[png,pt,npz]", "trajectory=true"]),
     "grid": ("evaluate", "toy", ["num_samples=64", "grid.steps=[2,4]", "grid.gam=[1,2]"]),
@@ -66,15 +23,12 @@ GOOD = {
 
 
 @pytest.fixture(scope="module")
-def cli(ckpts, tmp_path_factory):
+def cli(tiny_ckpts, tmp_path_factory):
     """Starts every script run at once (they overlap with the in-process tests); results are read on demand."""
     out = tmp_path_factory.mktemp("cli")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # eight processes share the cores: no thread oversubscription
-    procs = {}
-    for name, (script, ckpt, args) in {**BAD_INPUTS, **GOOD}.items():
-        cmd = [sys.executable, f"scripts/{script}.py", f"ckpt={ckpts[ckpt]}", f"hydra.run.dir={out / name}",
-               "progress=false", *args]
-        procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = {name: start_script(f"scripts/{script}.py", [f"ckpt={tiny_ckpts[ckpt]}", f"hydra.run.dir={out / name}",
+                                                         "progress=false", *args])
+             for name, (script, ckpt, args) in GOOD.items()}
 
     def result(name: str) -> tuple[int, str, str, Path]:
         stdout, stderr = procs[name].communicate(timeout=120)
@@ -86,20 +40,20 @@ def cli(ckpts, tmp_path_factory):
             p.kill()
 
 
-def test_sample_script_writes_grid_raw_samples_and_trajectory_equal_to_in_process_samples(cli, ckpts):
+def test_sample_script_writes_grid_raw_samples_and_trajectory_equal_to_in_process_samples(cli, tiny_ckpts):
     rc, stdout, stderr, run_dir = cli("sample")
     assert rc == 0, stderr
     for name in ("samples.png", "samples.pt", "samples.npz", "trajectory.png"):
         assert (run_dir / name).stat().st_size > 0
     saved = torch.load(run_dir / "samples.pt")
-    setup = sampling_setup(load_run(ckpts["toy"]))
+    setup = sampling_setup(load_run(tiny_ckpts["toy"]))
     expected = generate(setup, 20, batch_size=20, seed=5)
     assert torch.allclose(saved["samples"], expected.x, atol=1e-5)
     assert saved["seeds"].tolist() == list(range(5, 25))
 
 
-def test_same_seed_gives_the_same_samples_whatever_the_batch_size_or_process_split(ckpts):
-    setup = sampling_setup(load_run(ckpts["toy"]), sampler=STOCHASTIC)  # fresh noise at every step
+def test_same_seed_gives_the_same_samples_whatever_the_batch_size_or_process_split(tiny_ckpts):
+    setup = sampling_setup(load_run(tiny_ckpts["toy"]), sampler=STOCHASTIC)  # fresh noise at every step
     first = generate(setup, 64, batch_size=64, seed=3).x
     assert torch.equal(first, generate(setup, 64, batch_size=64, seed=3).x)
     assert torch.allclose(first, generate(setup, 64, batch_size=1, seed=3).x, atol=1e-5)
@@ -109,8 +63,8 @@ def test_same_seed_gives_the_same_samples_whatever_the_batch_size_or_process_spl
     assert not torch.allclose(first, generate(setup, 64, seed=4).x)
 
 
-def test_conditional_samples_follow_their_labels_and_seeds(ckpts):
-    setup = sampling_setup(load_run(ckpts["cond"]), cfg_scale=2.0)
+def test_conditional_samples_follow_their_labels_and_seeds(tiny_ckpts):
+    setup = sampling_setup(load_run(tiny_ckpts["cond"]), cfg_scale=2.0)
     a = generate(setup, 6, batch_size=6, seed=0, labels=[7, 2])
     b = generate(setup, 6, batch_size=4, seed=0, labels=[7, 2])
     assert a.labels.tolist() == [7, 2, 7, 2, 7, 2] and a.x.shape == (6, 1, 8, 8)
@@ -119,16 +73,16 @@ def test_conditional_samples_follow_their_labels_and_seeds(ckpts):
     assert len(frames) == setup.sampler.steps and torch.allclose(frames[-1], a.x[:2], atol=1e-5)
 
 
-def test_ema_weights_by_default_and_raw_weights_on_request(ckpts):
-    ckpt = read_checkpoint(ckpts["toy"])
-    ema, raw = load_run(ckpts["toy"]).model.state_dict(), load_run(ckpts["toy"], ema=False).model.state_dict()
+def test_ema_weights_by_default_and_raw_weights_on_request(tiny_ckpts):
+    ckpt = read_checkpoint(tiny_ckpts["toy"])
+    ema, raw = load_run(tiny_ckpts["toy"]).model.state_dict(), load_run(tiny_ckpts["toy"], ema=False).model.state_dict()
     key = next(k for k in ema if k.endswith("weight"))
     assert torch.equal(ema[key], ckpt["ema_state_dict"][key])
     assert torch.equal(raw[key], ckpt["state_dict"][f"model.{key}"])
 
 
-def test_checkpoint_prefixes_are_stripped_and_foreign_files_rejected(ckpts, tmp_path):
-    ckpt = read_checkpoint(ckpts["toy"])
+def test_checkpoint_prefixes_are_stripped_and_foreign_files_rejected(tiny_ckpts, tmp_path):
+    ckpt = read_checkpoint(tiny_ckpts["toy"])
     ckpt["state_dict"] = {k.replace("model.", "model._orig_mod.module.", 1): v for k, v in ckpt["state_dict"].items()}
     torch.save(ckpt, tmp_path / "compiled.ckpt")
     assert load_run(tmp_path / "compiled.ckpt", ema=False).model.num_classes == 0
@@ -141,8 +95,8 @@ def test_checkpoint_prefixes_are_stripped_and_foreign_files_rejected(ckpts, tmp_
         read_checkpoint(tmp_path / "foreign.ckpt")
 
 
-def test_shortcuts_must_belong_to_the_sampler(ckpts):
-    run = load_run(ckpts["toy"])
+def test_shortcuts_must_belong_to_the_sampler(tiny_ckpts):
+    run = load_run(tiny_ckpts["toy"])
     ddim = {"_target_": "diffusion_lab.core.DDIMSampler", "steps": 5, "eta": 0.0, "schedule": None}
     assert sampling_setup(run, sampler=ddim, eta=0.5).sampler.eta == 0.5
     with pytest.raises(ConfigError, match="has no gam"):
@@ -244,14 +198,3 @@ def test_grid_evaluation_writes_its_csv_and_plot(cli):
     lines = (run_dir / "metrics.csv").read_text().splitlines()
     assert lines[0] == "steps,gam,cfg_scale,nfe,swd,mean_distance,coverage,mmd" and len(lines) == 1 + 4
     assert (run_dir / "metrics_vs_nfe.png").stat().st_size > 0
-
-
-@pytest.mark.parametrize("name", list(BAD_INPUTS))
-def test_bad_input_gives_one_error_line_and_a_nonzero_exit(cli, name):
-    rc, stdout, stderr, _ = cli(name)
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert rc != 0 and len(errors) == 1 and "Traceback" not in stderr, stderr
-    expected = {"missing": "no such file", "corrupt": "truncated", "other_model": "do not fit TimeInputMLP",
-                "cfg_scale_unconditional": "unconditional", "labels_outside_classes": "0..9",
-                "steps_zero": "steps=0"}[name]
-    assert expected in errors[0], errors[0]
