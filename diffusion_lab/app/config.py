@@ -5,6 +5,7 @@ import importlib.util
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -183,9 +184,8 @@ class CheckOutputDir(Callback):
     def _check(path: str, key: str) -> None:
         try:
             Path(path).mkdir(parents=True, exist_ok=True)
-            probe = Path(path) / ".write_test"
-            probe.touch()
-            probe.unlink()
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test"):  # unique: runs may start side by side
+                pass
         except OSError as err:
             print(f"error: {key}={path} is not a writable directory ({err.strerror or err})", file=sys.stderr)
             sys.exit(2)
