@@ -4,35 +4,46 @@
     out = generate(setup, 1000, batch_size=250, seed=0)             # out.x: (1000, *input_dims)
     part = generate(setup, 1000, seed=0, rank=1, world_size=4)      # samples 1, 5, 9, ... of the same 1000
 """
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from diffusion_lab.core import ClassifierFreeGuidance, Guidance, Sampler, Schedule, per_sample_generators
+from diffusion_lab.core import (ClassifierFreeGuidance, ClassifierGuidance, Guidance, Sampler, Schedule,
+                                per_sample_generators)
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.utils import module_device
 
 
 @dataclass
 class SamplingSetup:
-    """Everything a sampler call needs besides the noise: model, training schedule, sampler, guidance."""
+    """Everything a sampler call needs besides the noise: model, training schedule, sampler, guidance.
+
+    decode maps the sampler's output to data (a latent model's VAE decoder); None keeps it as is.
+    Labels are drawn when the model is conditional or a classifier guides (ClassifierGuidance).
+    """
 
     model: nn.Module
     schedule: Schedule
     sampler: Sampler
     guidance: Guidance
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def nfe(self) -> int:
-        """Network evaluations per sample; classifier-free guidance evaluates the conditional and null inputs."""
-        return self.sampler.nfe * (2 if isinstance(self.guidance, ClassifierFreeGuidance) else 1)
+        """Denoiser evaluations per sample; classifier-free guidance evaluates the conditional and null inputs.
+
+        A guiding classifier's forward and backward passes are not counted.
+        """
+        guidance = self.guidance.base if isinstance(self.guidance, ClassifierGuidance) else self.guidance
+        return self.sampler.nfe * (2 if isinstance(guidance, ClassifierFreeGuidance) else 1)
 
     @property
     def num_classes(self) -> int:
-        """The model's class count (0: unconditional)."""
-        return getattr(self.model, "num_classes", 0)
+        """The classes labels are drawn from: the model's, else the guiding classifier's (0: no labels)."""
+        classifier = self.guidance.classifier if isinstance(self.guidance, ClassifierGuidance) else None
+        return getattr(self.model, "num_classes", 0) or getattr(classifier, "num_classes", 0)
 
 
 @dataclass
@@ -96,12 +107,12 @@ def generate(setup: SamplingSetup, num_samples: int, batch_size: int = 64, seed:
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc="sampling", unit="batch")
+        batches = tqdm(batches, desc="sampling", unit="batch", delay=2.0, leave=False)  # only when it takes a while
     out, start = [], 0
     for idx in batches:
         c = None if cond is None else cond[start:start + len(idx)]
         *_, x = denoise_batch(setup, (seed + idx).tolist(), c)  # only the last x_t is kept
-        out.append(x.cpu())
+        out.append((x if setup.decode is None else setup.decode(x)).cpu())
         start += len(idx)
     return Samples(x=torch.cat(out), labels=cond, indices=indices)
 
@@ -109,11 +120,15 @@ def generate(setup: SamplingSetup, num_samples: int, batch_size: int = 64, seed:
 @torch.no_grad()
 def trajectory(setup: SamplingSetup, num: int = 8, seed: int = 0, labels: Sequence[int] | None = None,
                max_frames: int = 10) -> list[torch.Tensor]:
-    """The denoising path of samples 0..num-1 (the same samples `generate` draws): up to max_frames x_t, last = x_0."""
+    """The denoising path of samples 0..num-1 (the same samples `generate` draws): up to max_frames x_t, last = x_0.
+
+    With setup.decode each kept frame is decoded (a latent model's path shown as images).
+    """
     indices = list(range(num))
     frames = list(denoise_batch(setup, [seed + i for i in indices], labels_for(indices, setup.num_classes, labels)))
     keep = sorted({round(i * (len(frames) - 1) / max(max_frames - 1, 1)) for i in range(max_frames)})
-    return [frames[i].cpu() for i in keep if i < len(frames)]
+    decode = setup.decode or (lambda x: x)
+    return [decode(frames[i]).cpu() for i in keep if i < len(frames)]
 
 
 def gather(part: Samples) -> Samples:

@@ -23,7 +23,8 @@ REAL_MNIST = ROOT.parent / "shared" / "data" / "mnist"  # the real MNIST test se
 
 FAST = ["trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.log_every_n_steps=5",
         "callbacks.model_checkpoint.every_n_train_steps=10", "num_samples=16", "sampler.steps=5",
-        "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
+        "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+        "callbacks.evaluate.num_samples=16", "callbacks.evaluate.classifier_steps=20"]
 # 8 batches of 512 per epoch; checkpoints every 5 optimizer steps.
 BASE = [*FAST, "data.epoch_size=4096", "data.batch_size=512", "model.hidden_dims=[16,32,16]",
         "trainer.val_check_interval=5", "callbacks.model_checkpoint.every_n_train_steps=5", "num_samples=8"]
@@ -167,6 +168,25 @@ def write_tiny_checkpoints(folder: Path) -> dict[str, Path]:
             "cond": write_checkpoint(folder / "cond.ckpt", [*TINY_DIT, "conditional=true", "guidance=cfg",
                                                             "sampler.steps=3"]),
             "missing": folder / "missing.ckpt"}
+
+
+LATENT_STAGES = {"reconstruction": ["vae"], "diffusion": ["model", "vae"], "joint": ["classifier", "model", "vae"]}
+
+
+def write_latent_checkpoint(path: Path, stage: str) -> Path:
+    """A latent-diffusion checkpoint of `stage` laid out as train.py experiment=mnist_latent writes it (model., vae.
+    and classifier. weights, EMA, config, latent_parts), tiny and untrained."""
+    cfg = compose_train(["experiment=mnist_latent", f"stage={stage}", "module.vae.ch=8", "module.classifier.ch=8",
+                         "model.ch=8", "model.ch_mult=[1]", "model.attn_resolutions=[]"], path.parent)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        nets = {"model": instantiate(cfg.parameterization, net=instantiate(cfg.model)),
+                "vae": instantiate(cfg.module.vae), "classifier": instantiate(cfg.module.classifier)}
+    state = {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
+    torch.save({"epoch": 0, "global_step": 2, "pytorch-lightning_version": "2", "state_dict": state,
+                "ema_state_dict": nets["model"].state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
+                "latent_parts": LATENT_STAGES[stage]}, path)
+    return path
 
 
 MAX_TOKENS = 16  # the tiny text encoder's context length

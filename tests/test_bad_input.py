@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from diffusion_lab.app.train import train
-from tests.helpers import BASE, FAST, compose_train, start_script, write_corrupt_image_folder
+from tests.helpers import BASE, FAST, compose_train, start_script, write_corrupt_image_folder, write_latent_checkpoint
 
 
 class Case(NamedTuple):
@@ -33,6 +33,8 @@ class Case(NamedTuple):
 
 TRAIN = {
     "unknown option": Case(["model=transformer"], "Could not find 'model/transformer'"),
+    "too few evaluation samples": Case(["callbacks.evaluate.num_samples=4"],
+                                       "callbacks.evaluate.num_samples=4 must be >= 8", slow=True),
     "steps negative": Case(["sampler.steps=-3"], "sampler: steps=-3 must be an integer >= 1"),
     "sigma_min above sigma_max": Case(["schedule.sigma_min=20"], "schedule: sigma_min=20"),
     "cfg without conditioning": Case(["guidance=cfg"], "guidance=cfg needs a conditional model"),
@@ -95,6 +97,17 @@ SAMPLE = {
                                        "cfg_scale=2: the checkpoint's model is unconditional"),
     "labels outside classes": Case(["ckpt={cond}", "progress=false", "labels=[3,10]"],
                                    "labels=[3, 10]: each label must be an integer class in 0..9"),
+    "latent checkpoint without a trained denoiser": Case(
+        ["ckpt={latent_reconstruction}", "progress=false"],
+        "{latent_reconstruction}: its denoiser was never trained (latent diffusion stage=reconstruction … "
+        "checkpoint of stage diffusion or joint"),
+    "classifier_scale on a non-latent checkpoint": Case(["ckpt={toy}", "progress=false", "classifier_scale=2"],
+                                                        "classifier_scale=2: ckpt={toy} is not a latent-diffusion"),
+    "classifier_scale without a trained classifier": Case(
+        ["ckpt={latent_diffusion}", "progress=false", "classifier_scale=2"],
+        "classifier_scale=2: the classifier of ckpt={latent_diffusion} was never trained"),
+    "classifier_scale negative": Case(["ckpt={toy}", "progress=false", "classifier_scale=-1"],
+                                      "classifier_scale=-1 must be a number >= 0"),
     # slow; "trained:" reads checkpoints of trained runs
     "trained: missing checkpoint": Case(["ckpt=/nonexistent.ckpt"], "no such file", slow=True),
     "trained: corrupt checkpoint": Case(["ckpt={earlier_cut}"], "truncated", slow=True),
@@ -107,9 +120,12 @@ SAMPLE = {
 }
 EVALUATE = {
     "steps zero": Case(["ckpt={toy}", "progress=false", "steps=0"], "steps=0 must be an integer >= 1"),
+    "latent checkpoint without a trained denoiser": Case(["ckpt={latent_reconstruction}", "progress=false"],
+                                                         "{latent_reconstruction}: its denoiser was never trained"),
     "trained: missing checkpoint": Case(["ckpt=/nonexistent.ckpt"], "no such file", slow=True),
     "trained: unknown metric": Case(["ckpt={earlier}", "metric=[nonsense]"], "nonsense", slow=True),
     "trained: cfg on unconditional": Case(["ckpt={earlier}", "cfg_scale=2"], "unconditional", slow=True),
+    "trained: too few samples": Case(["ckpt={earlier}", "num_samples=4"], "num_samples=4 must be >= 8", slow=True),
 }
 SAMPLE_PRETRAINED = {
     "unknown hub id offline": Case(["pretrained=nobody-here/no-such-model"],
@@ -178,6 +194,8 @@ def runs(tmp_path_factory, tiny_ckpts) -> tuple[dict, dict]:
     files["truncated"].write_bytes((root / "trained/checkpoints/last.ckpt").read_bytes()[:5000])
     torch.save({"foo": 1}, files["foreign"])
     files["other_model"].write_bytes((root / "wider/checkpoints/last.ckpt").read_bytes())
+    for stage in ("reconstruction", "diffusion"):
+        files[f"latent_{stage}"] = write_latent_checkpoint(root / f"latent_{stage}.ckpt", stage)
     return run_all(False, files, own_dir(root), root), files
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import (FAST, assert_same_training_state, compose_train, free_port, global_step, run_script,
-                           start_script)
+from tests.helpers import (FAST, assert_same_training_state, compose_train, free_port, global_step, logged_metrics,
+                           run_script, start_script)
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *FAST, "data.epoch_size=4096",
        "data.batch_size=256", "trainer.val_check_interval=10", "callbacks.model_checkpoint.every_n_train_steps=10"]
@@ -24,7 +24,7 @@ def assert_ranks_identical(dump_dir):
 
 def test_ddp_two_processes_train_in_one_run_directory(tmp_path):
     run([*DDP, "trainer.max_steps=20", "+callbacks.dump._target_=tests.crash.DumpWeights",
-         f"+callbacks.dump.dirpath={tmp_path}/dump"], cwd=tmp_path)
+         f"+callbacks.dump.dirpath={tmp_path}/dump", "callbacks.evaluate.num_samples=40"], cwd=tmp_path)
     runs = [p for p in (tmp_path / "outputs").rglob("config.yaml") if p.parent.name != ".hydra"]
     assert len(runs) == 1, runs  # one Hydra run directory, not one per process
     run_dir = runs[0].parent
@@ -35,6 +35,21 @@ def test_ddp_two_processes_train_in_one_run_directory(tmp_path):
     assert any(not torch.equal(ema[k], raw["model." + k]) for k in ema)  # EMA tracked the training
     assert [p.name for p in (run_dir / "csv").iterdir()] == ["version_0"]  # only rank 0 logs
     assert len(list((run_dir / "samples").glob("*.png"))) == 2
+    assert_ddp_evaluation_equals_one_process(run_dir)
+
+
+def assert_ddp_evaluation_equals_one_process(run_dir: Path) -> None:
+    """The last val/swd, from samples split across 2 ranks and gathered, equals one process's evaluation."""
+    from diffusion_lab.app.loading import build_dataset, load_run, sampling_setup
+    from diffusion_lab.evaluation import Evaluator, evaluation_sets
+    from diffusion_lab.sampling import generate
+
+    run = load_run(run_dir / "checkpoints/last.ckpt")  # the EMA weights validation sampled with
+    sets = evaluation_sets(build_dataset(run.config), 40)
+    x = generate(sampling_setup(run), 40, seed=run.config["seed"]).x
+    logged = logged_metrics(run_dir)
+    assert logged["val/eval_samples"][-1] == 40
+    assert logged["val/swd"][-1] == pytest.approx(Evaluator(sets.reference, ["swd"])(x)["swd"], rel=1e-4)
 
 
 @pytest.mark.slow

@@ -24,7 +24,8 @@ CIFAR_LIKE = ["cifar_unet"]  # data=cifar10: smoke runs read a folder of PNGs in
 # Sizes only: the architecture, schedule, parameterization and guidance stay the recipe's.
 SMOKE = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
          "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "data.batch_size=2", "++data.val_size=2",
-         "++data.num_workers=0", "num_samples=2", "sampler.steps=2"]  # ++: set, or add where data leaves the default
+         "++data.num_workers=0", "num_samples=2", "sampler.steps=2", "callbacks.evaluate.num_samples=8",
+         "callbacks.evaluate.classifier_steps=2"]  # ++: set, or add where data leaves the default
 # One optimizer step at batch 2 on a shared 2-core CPU (measured): mnist_dit (130M parameters, 1024 tokens) 35-40 s,
 # mnist_dit_crossattn (80M) 7-15 s, cifar_unet (36M) 2-11 s. Their smoke runs are in the slow suite; the default
 # suite builds them and checks a forward pass.

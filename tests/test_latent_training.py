@@ -18,7 +18,8 @@ from tests.helpers import compose_train, logged_metrics, start_script, tiny_pipe
 TINY = ["experiment=mnist_latent", "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
         "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "data.batch_size=4", "data.val_size=4",
         "data.num_workers=0", "num_samples=4", "sampler.steps=2", "callbacks.model_checkpoint.every_n_train_steps=2",
-        "module.vae.ch=8", "module.classifier.ch=8", "model.ch=8"]
+        "module.vae.ch=8", "module.classifier.ch=8", "model.ch=8", "callbacks.evaluate.num_samples=8",
+        "callbacks.evaluate.classifier_steps=5"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -90,7 +91,7 @@ def test_diffusion_starts_from_the_trained_vae_keeps_it_frozen_and_saves_the_fit
     assert same({k: v for k, v in part(state, "vae").items() if k != "vae.scale_factor"},
                 {k: v for k, v in vae_before.items() if k != "vae.scale_factor"})
     assert not same(part(state, "model"), part(start, "model"))
-    assert "ema_state_dict" in ckpt and "val/swd" in logged_metrics(run)
+    assert "ema_state_dict" in ckpt and "val/classifier_fd" in logged_metrics(run)
     # the saved scale factor is 1 / std of the trained VAE's latents of the validation images
     module, datamodule = build(stage_cfg("diffusion", run / "check", data_dir, f"init_from={run.parent}/"
                                          "reconstruction/checkpoints/last.ckpt"))

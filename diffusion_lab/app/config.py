@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -48,12 +49,41 @@ def _run_id(output_dir: str) -> str:
     return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
 
 
+def _multirun_job():
+    """Hydra's config of this job when it is one of a multirun, else None (a single run, or a config composed
+    with Hydra's compose API, where Hydra's runtime is not set)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    job = HydraConfig.get() if HydraConfig.initialized() else None
+    return job if job is not None and job.mode == RunMode.MULTIRUN else None
+
+
+def _run_name(task_name: str, output_dir: str) -> str:
+    """A readable run name: `<task_name> <date>/<time>` (the run directory's last two parts) for a single run,
+    `<task_name> #<job number> <this job's overrides>` for a job of a multirun."""
+    job = _multirun_job()
+    if job is not None:
+        return f"{task_name} #{job.job.num} {job.job.override_dirname}".rstrip()
+    return f"{task_name} {'/'.join(Path(output_dir).parts[-2:])}"
+
+
+def _sweep_name() -> str | None:
+    """The sweep directory's name for a job of a multirun (its jobs share it), None for a single run."""
+    job = _multirun_job()
+    return Path(job.sweep.dir).name if job is not None else None
+
+
 def register_resolvers() -> None:
-    """`${if:${conditional},${data.num_classes},0}` picks by a boolean; `${floordiv:a,b}` is a // b."""
+    """`${if:${conditional},${data.num_classes},0}` picks by a boolean; `${floordiv:a,b}` is a // b;
+    `${run_id:dir}`, `${run_name:task,dir}` and `${sweep_name:}` identify a run (see each function)."""
     if not OmegaConf.has_resolver("if"):
         OmegaConf.register_new_resolver("if", _if)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", _run_id)
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver("run_name", _run_name)
+    if not OmegaConf.has_resolver("sweep_name"):
+        OmegaConf.register_new_resolver("sweep_name", _sweep_name)
     if not OmegaConf.has_resolver("floordiv"):
         OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b))
 

@@ -1,9 +1,14 @@
 """Runs of train.py loaded for sampling: the model, sampler and guidance rebuilt from a checkpoint's saved config.
 
-    run = load_run("outputs/.../checkpoints/last.ckpt")        # EMA weights; ema=False for the raw ones
+    run = load_run("outputs/.../checkpoints/last.ckpt")        # EMA weights (raw if the run kept none); ema=False: raw
     setup = sampling_setup(run, steps=10, cfg_scale=2.0)       # the checkpoint's sampler with overrides
+
+A latent-diffusion checkpoint (module=latent, experiment=mnist_latent) also brings its VAE: the denoiser samples
+latents and setup.decode turns them into images; `classifier_scale` guides with its classifier when a stage
+trained one (stage=joint or classifier).
 """
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,38 +16,91 @@ import torch
 from hydra.utils import get_object, instantiate
 from torch import nn
 
-from diffusion_lab.core import ClassifierFreeGuidance, Guidance
+from diffusion_lab.core import ClassifierFreeGuidance, ClassifierGuidance, Guidance
 from diffusion_lab.errors import CheckpointError, ConfigError
-from diffusion_lab.models.weights import load_weights, model_state, read_checkpoint
+from diffusion_lab.models.weights import has_ema, load_weights, model_state, part_state, read_checkpoint
 from diffusion_lab.sampling import SamplingSetup
 
 SAMPLER_SHORTCUTS = ("steps", "gam", "mu", "eta")
 CFG_TARGET = "diffusion_lab.core.ClassifierFreeGuidance"
+PARTS_KEY = "latent_parts"  # the parts a latent run trained, written by training.LatentDiffusionModule
 
 
 @dataclass
 class Run:
-    """A trained denoiser (eval mode) and the resolved train config it was saved with."""
+    """A trained denoiser (eval mode) and the resolved train config it was saved with.
+
+    ema: whether model holds the EMA weights. A latent-diffusion run also has its VAE (the denoiser works on its
+    latents), its noise-aware classifier when a stage trained it, and parts: the parts trained (None: not latent).
+    """
 
     model: nn.Module
     config: dict
     path: Path
+    ema: bool = False
+    vae: nn.Module | None = None
+    classifier: nn.Module | None = None
+    parts: list[str] | None = None
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [-1, 1] from latents z (B, c, h, w), as LatentDiffusionModule.draw_samples has it."""
+        return self.vae.decode(z).clamp(-1, 1)
 
 
 def load_run(path: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> Run:
-    """The denoiser of a train.py checkpoint, rebuilt from its saved config, in eval mode on device."""
+    """The denoiser of a train.py checkpoint (and a latent run's VAE and classifier), in eval mode on device.
+
+    ema: the denoiser's EMA weights; for a run trained without EMA (callbacks.ema=null) the raw weights are
+    loaded instead, with a one-line note on stderr. A latent checkpoint whose denoiser was never trained
+    (stage=reconstruction) is a CheckpointError.
+    """
     path = Path(path)
     ckpt = read_checkpoint(path)
     config = ckpt["config"]
+    parts = latent_parts(ckpt, path)
+    model = _rebuild(path, "model", config["parameterization"], net=_rebuild(path, "model", config["model"]))
+    use_ema = ema and has_ema(ckpt)
+    if ema and not use_ema and os.environ.get("RANK", "0") == "0":  # one note, not one per torchrun process
+        print(f"note: ckpt={path}: no EMA weights (trained without callbacks.ema); sampling with the raw training "
+              "weights", file=sys.stderr)
+    load_weights(model, model_state(ckpt, use_ema, path), path)
+    run = Run(model=model, config=config, path=path, ema=use_ema, parts=parts)
+    for part in ("vae", "classifier") if parts is not None else ():
+        if part in parts:
+            net = _rebuild(path, f"module.{part}", config["module"][part])
+            load_weights(net, part_state(ckpt, part), path)
+            setattr(run, part, net)
+    for net in (run.model, run.vae, run.classifier):
+        if net is not None:
+            net.to(device).eval()
+    return run
+
+
+def latent_parts(ckpt: dict, path: Path) -> list[str] | None:
+    """The parts a latent-diffusion checkpoint's stages trained (None: not latent); CheckpointError if not samplable."""
+    module = ckpt["config"].get("module") or {}
+    if PARTS_KEY not in ckpt and "vae" not in module:
+        return None
+    parts = ckpt.get(PARTS_KEY)
+    if not isinstance(parts, list) or "vae" not in module:
+        raise CheckpointError(f"ckpt={path}: a latent-diffusion checkpoint without its {PARTS_KEY} list or "
+                              "module.vae config; use a last.ckpt written by train.py module=latent")
+    if not {"model", "vae"} <= set(parts):
+        raise CheckpointError(f"ckpt={path}: its denoiser was never trained (latent diffusion stage="
+                              f"{module.get('mode', '?')}, trained parts: {parts}); use a checkpoint of stage "
+                              "diffusion or joint")
+    return list(parts)
+
+
+def _rebuild(path: Path, what: str, config: dict, **parts) -> nn.Module:
+    """instantiate(config, **parts); CheckpointError naming `what` when the saved config no longer builds."""
     try:
-        model = instantiate(config["parameterization"], net=instantiate(config["model"]))
+        return instantiate(config, **parts)
     except Exception as err:  # noqa: BLE001 - a config from another version of the code
         while err.__cause__ is not None:  # Hydra wraps the constructor's own error
             err = err.__cause__
         why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise CheckpointError(f"ckpt={path}: cannot rebuild the model from its saved config ({why})") from None
-    load_weights(model, model_state(ckpt, ema, path), path)
-    return Run(model=model.to(device).eval(), config=config, path=path)
+        raise CheckpointError(f"ckpt={path}: cannot rebuild the {what} from its saved config ({why})") from None
 
 
 def sampler_config(base: dict, **shortcuts) -> dict:
@@ -86,12 +144,32 @@ def build_guidance(base: dict | None, cfg_scale: float | None, num_classes: int)
     return guidance
 
 
+def classifier_guidance(run: Run, base: Guidance, scale: float | None) -> Guidance:
+    """base under classifier guidance by the run's classifier at scale (Dhariwal & Nichol 2021); None or 0: base."""
+    if scale is None:
+        return base
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:  # `not >=` also catches nan
+        raise ConfigError(f"classifier_scale={scale} must be a number >= 0 (0 or null: no classifier guidance)")
+    if scale == 0:
+        return base
+    if run.parts is None:
+        raise ConfigError(f"classifier_scale={scale}: ckpt={run.path} is not a latent-diffusion checkpoint; classifier "
+                          "guidance needs one whose classifier was trained (experiment=mnist_latent stage=joint)")
+    if run.classifier is None:
+        raise ConfigError(f"classifier_scale={scale}: the classifier of ckpt={run.path} was never trained (trained "
+                          f"parts: {run.parts}); use a checkpoint of stage joint or classifier")
+    return ClassifierGuidance(run.classifier, float(scale), base=base)
+
+
 def sampling_setup(run: Run, sampler: dict | None = None, schedule: dict | None = None, guidance: dict | None = None,
-                   cfg_scale: float | None = None, **shortcuts) -> SamplingSetup:
+                   cfg_scale: float | None = None, classifier_scale: float | None = None,
+                   **shortcuts) -> SamplingSetup:
     """The checkpoint's schedule, sampler and guidance, each replaced by the given config when not None.
 
     shortcuts (steps, gam, mu, eta) set single settings of the sampler; cfg_scale sets the
-    classifier-free guidance scale (turning guidance on for a conditional model).
+    classifier-free guidance scale (turning guidance on for a conditional model); classifier_scale > 0
+    adds classifier guidance by a latent run's classifier on top (labels 0..K-1 then, even for an
+    unconditional denoiser). A latent run's setup decodes the sampled latents to images.
     """
     unknown = set(shortcuts) - set(SAMPLER_SHORTCUTS)
     if unknown:
@@ -100,7 +178,9 @@ def sampling_setup(run: Run, sampler: dict | None = None, schedule: dict | None 
     num_classes = getattr(run.model, "num_classes", 0)
     guide = build_guidance(cfg.get("guidance") if guidance is None else guidance, cfg_scale, num_classes)
     return SamplingSetup(model=run.model, schedule=instantiate(schedule or cfg["schedule"]),
-                         sampler=instantiate(sampler_config(sampler or cfg["sampler"], **shortcuts)), guidance=guide)
+                         sampler=instantiate(sampler_config(sampler or cfg["sampler"], **shortcuts)),
+                         guidance=classifier_guidance(run, guide, classifier_scale),
+                         decode=None if run.vae is None else run.decode)
 
 
 def build_dataset(config: dict):
@@ -118,7 +198,7 @@ def setup_overrides(cfg) -> dict:
 
     shortcuts = {k: cfg.get(k) for k in SAMPLER_SHORTCUTS}
     return dict(sampler=group("sampler"), schedule=group("schedule"), guidance=group("guidance"),
-                cfg_scale=cfg.get("cfg_scale"), **shortcuts)
+                cfg_scale=cfg.get("cfg_scale"), classifier_scale=cfg.get("classifier_scale"), **shortcuts)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,7 +1,10 @@
 """Sample a train.py checkpoint: `python scripts/sample.py ckpt=PATH [sampler=ddim steps=50 save=[png,npz]]`.
 
 Composes configs/sample.yaml; writes samples.png (an image grid or a scatter over the data),
-samples.pt / samples.npz on request and trajectory.png into the run directory.
+samples.pt / samples.npz on request and trajectory.png into the run directory. Every checkpoint train.py
+writes samples with the defaults: a latent-diffusion one (experiment=mnist_latent) writes the images its VAE
+decodes (classifier_scale=S adds guidance by its classifier after stage=joint), and one trained without EMA
+falls back to its raw weights with a note.
 """
 from pathlib import Path
 

@@ -89,20 +89,42 @@ def train(cfg: DictConfig) -> float | None:
     with RunDirectory(run_dir, ckpt_path, auto=cfg.get("ckpt_path") == "auto", writer=trainer.is_global_zero):
         if trainer.is_global_zero:
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            hparams = hyperparameters(module, run_dir)
+            for logger in trainer.loggers:  # wandb's config panel, TensorBoard's hparams tab, CSV's hparams.yaml
+                logger.log_hyperparams(hparams)
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         finally:
             for logger in trainer.loggers:
                 if type(logger).__name__ == "WandbLogger":
                     logger.experiment.finish()  # flush the run (offline runs are then ready for `wandb sync`)
-    return optimized_metric(cfg, trainer.callback_metrics)
+    return optimized_metric(cfg, trainer)
 
 
-def optimized_metric(cfg: DictConfig, metrics: dict) -> float | None:
-    """cfg.optimized_metric's final value; a sweep that optimizes a metric never logged is a config error."""
+def hyperparameters(module, run_dir: Path) -> dict:
+    """What the loggers record of a run: its resolved config, the parameter counts of the denoiser (`model`) and of
+    the whole LightningModule (with latent diffusion's VAE and classifier), and the run directory."""
+    def counts(net) -> dict[str, int]:
+        params = list(net.parameters())
+        return {"total": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad)}
+
+    return {**module.config, "num_params": {"model": counts(module.model), "module": counts(module)},
+            "run_dir": str(run_dir)}
+
+
+def optimized_metric(cfg: DictConfig, trainer) -> float | None:
+    """cfg.optimized_metric's final value; a sweep that optimizes a metric never logged is a config error.
+
+    `auto` is the first metric of the evaluation callback (callbacks.evaluate), else val/loss.
+    """
     from hydra.core.hydra_config import HydraConfig
 
-    name = cfg.get("optimized_metric")
+    from diffusion_lab.training import SampleQuality
+
+    name, metrics = cfg.get("optimized_metric"), trainer.callback_metrics
+    if name == "auto":
+        quality = [c.metrics[0] for c in trainer.callbacks if isinstance(c, SampleQuality) and c.metrics]
+        name = f"val/{quality[0]}" if quality else "val/loss"
     if name and name in metrics:
         return float(metrics[name])
     if name and HydraConfig.initialized() and HydraConfig.get().runtime.choices.get("hparams_search"):

@@ -5,8 +5,10 @@ Every sampler is `sample_*(model, sigmas, *, xt=None, batch_size=1, cond=None, g
 frame x = x0 + sigma * eps and take the decreasing noise levels `sigmas` to visit (from
 `Schedule.sample_sigmas(steps)`), so any sampler runs with any schedule. Noise comes from `generator`: one
 torch.Generator for the batch, or a list of them, one per sample, which makes every sample independent of the
-batch it was drawn in. The `Sampler` classes are their configs: settings, a step count and a schedule.
+batch it was drawn in. Each runs the model in eval mode (no dropout or label dropout) and gives every module back
+its mode afterwards. The `Sampler` classes are their configs: settings, a step count and a schedule.
 """
+import functools
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -52,6 +54,21 @@ def _check_eta(eta: float) -> None:
         raise ConfigError(f"eta={eta} must be >= 0")
 
 
+def _in_eval_mode(sampler: Callable[..., Iterator[torch.Tensor]]) -> Callable[..., Iterator[torch.Tensor]]:
+    """Runs a sampler with every module of the model in eval mode (no dropout, no label dropout), then gives each
+    module back the mode it had, when the sampler finishes or is closed."""
+    @functools.wraps(sampler)
+    def run(model: nn.Module, *args, **kwargs) -> Iterator[torch.Tensor]:
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            yield from sampler(model, *args, **kwargs)
+        finally:
+            for m, training in modes:
+                m.training = training
+    return run
+
+
 def _setup(model, sigmas, xt, batch_size, cond, guidance, generator):
     """Validates the common arguments; returns (sigmas on x's device and dtype, initial x, guidance)."""
     sigmas = torch.as_tensor(sigmas)
@@ -69,6 +86,7 @@ def _setup(model, sigmas, xt, batch_size, cond, guidance, generator):
 
 
 @torch.no_grad()
+@_in_eval_mode
 def sample_generalized(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
                        cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
                        gam: float = 1.0, mu: float = 0.0) -> Iterator[torch.Tensor]:
@@ -138,6 +156,7 @@ def _vp_steps(step, stochastic, model, sigmas, xt, batch_size, cond, guidance, g
 
 
 @torch.no_grad()
+@_in_eval_mode
 def sample_ddim(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
                 cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
                 eta: float = 0.0) -> Iterator[torch.Tensor]:
@@ -148,6 +167,7 @@ def sample_ddim(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | No
 
 
 @torch.no_grad()
+@_in_eval_mode
 def sample_ddpm(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
                 cond: torch.Tensor | None = None, guidance: Guidance | None = None,
                 generator: Generators = None) -> Iterator[torch.Tensor]:
@@ -166,6 +186,7 @@ def _churn(xt, sig, steps, s_churn, s_tmin, s_tmax, s_noise, generator):
 
 
 @torch.no_grad()
+@_in_eval_mode
 def sample_euler(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
                  cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
                  s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
@@ -180,6 +201,7 @@ def sample_euler(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | N
 
 
 @torch.no_grad()
+@_in_eval_mode
 def sample_heun(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
                 cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
                 s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),

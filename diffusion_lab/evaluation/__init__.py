@@ -2,5 +2,6 @@
 from diffusion_lab.evaluation.classifier import (FeatureClassifier, cached_classifier, classifier_outputs,
                                                  train_classifier)
 from diffusion_lab.evaluation.grid import grid_points, plot_grid, write_csv
-from diffusion_lab.evaluation.suite import (IMAGE_METRICS, TOY_METRICS, Evaluator, classifier_cache_path, data_tensors,
-                                            default_metrics)
+from diffusion_lab.evaluation.suite import (IMAGE_METRICS, TOY_METRICS, EvaluationSets, Evaluator,
+                                            classifier_cache_path, data_classifier, data_tensors, default_metrics,
+                                            evaluation_sets)

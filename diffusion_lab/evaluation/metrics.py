@@ -119,3 +119,27 @@ def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, c
 def frechet_distance_features(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Frechet distance between Gaussians fitted to feature sets x (N, D) and y (M, D)."""
     return frechet_distance(*gaussian_stats(x), *gaussian_stats(y))
+
+
+def image_patches(x: torch.Tensor, size: int = 4, stride: int = 2, max_patches: int = 65536,
+                  seed: int = 0) -> torch.Tensor:
+    """The size x size pixel patches of images x (B, C, H, W), every stride pixels, as rows (P, C * size^2).
+
+    At most max_patches rows, a fixed random subset when there are more.
+    """
+    size = min(size, x.shape[-2], x.shape[-1])
+    rows = torch.nn.functional.unfold(x.float(), size, stride=stride).transpose(1, 2)  # (B, L, C * size^2)
+    rows = rows.reshape(-1, rows.shape[-1])  # (B * L, C * size^2)
+    if len(rows) > max_patches:
+        keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:max_patches]
+        rows = rows[keep.to(rows.device)]
+    return rows
+
+
+def patch_frechet_distance(x: torch.Tensor, y: torch.Tensor, size: int = 4) -> torch.Tensor:
+    """Frechet distance between the distributions of small pixel patches of two image sets (B, C, H, W).
+
+    Low-level statistics (grain, blur, contrast) that a classifier's pooled features ignore: a patch-level
+    distance in the spirit of the sliced Wasserstein on Laplacian-pyramid patches of Karras et al. 2018 (sec. 5).
+    """
+    return frechet_distance_features(image_patches(x, size), image_patches(y, size))

@@ -2,13 +2,14 @@
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from diffusion_lab.evaluation import metrics as M
 from diffusion_lab.errors import ConfigError
-from diffusion_lab.evaluation.classifier import cached_classifier, classifier_outputs
+from diffusion_lab.evaluation.classifier import FeatureClassifier, cached_classifier, classifier_outputs
 from diffusion_lab.utils import split_batch
 
 POINT_METRICS = {  # metric(samples (N, D), data (M, D))
@@ -20,15 +21,17 @@ POINT_METRICS = {  # metric(samples (N, D), data (M, D))
     "recall": lambda x, data: M.precision_recall(data, x)[1],
 }
 TOY_METRICS = tuple(POINT_METRICS)
-IMAGE_METRICS = ("classifier_fd", "precision", "recall", "accuracy", "fid", "kid")
+IMAGE_METRICS = ("classifier_fd", "patch_fd", "precision", "recall", "accuracy", "fid", "kid")
 CLASSIFIER_METRICS = {"classifier_fd", "precision", "recall", "accuracy"}
+MIN_EVALUATION_SIZE = 8  # samples and real items each; the kNN metrics need more than their k = 5 neighbours
+CLASSIFIER_ITEMS = 5000  # the fixed subset of a data set its feature classifier is trained on
 
 
 def default_metrics(image: bool, conditional: bool) -> list[str]:
     """The metrics evaluate.py reports when none are named (all offline)."""
     if not image:
-        return ["swd", "mean_distance", "coverage", "mmd"]
-    return ["classifier_fd", "precision", "recall"] + (["accuracy"] if conditional else [])
+        return ["swd", "coverage", "precision", "recall", "mean_distance"]
+    return ["classifier_fd", "patch_fd", "precision", "recall"] + (["accuracy"] if conditional else [])
 
 
 def classifier_cache_path(cache_dir: str | Path, data_config: dict, steps: int) -> Path:
@@ -38,10 +41,8 @@ def classifier_cache_path(cache_dir: str | Path, data_config: dict, steps: int) 
     return Path(cache_dir) / f"{name}_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
 
 
-def data_tensors(dataset, max_items: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(x (N, ...), labels (N,) or None) of a fixed random subset of max_items items (all when None) of a data set."""
-    n = len(dataset) if max_items is None else min(max_items, len(dataset))
-    index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values.tolist()
+def _items(dataset, index: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x, labels or None) of the items `index` of a data set, in that order."""
     if hasattr(dataset, "get_batch"):  # the data sets of diffusion_lab.data: one batch, x or (x, y)
         return split_batch(dataset.get_batch(index))
     items = [dataset[i] for i in index]
@@ -50,27 +51,80 @@ def data_tensors(dataset, max_items: int | None = None, seed: int = 0) -> tuple[
     return torch.stack([torch.as_tensor(x) for x in items]), None
 
 
+def data_tensors(dataset, max_items: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x (N, ...), labels (N,) or None) of a fixed random subset of max_items items (all when None) of a data set."""
+    n = len(dataset) if max_items is None else min(max_items, len(dataset))
+    index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return _items(dataset, index.tolist())
+
+
+@dataclass
+class EvaluationSets:
+    """Two disjoint random subsets of a data set, of equal size: samples are scored against `reference`, and
+    `floor` scored against it too gives the metric's noise floor (what a perfect model would get)."""
+
+    reference: torch.Tensor
+    reference_labels: torch.Tensor | None
+    floor: torch.Tensor
+    floor_labels: torch.Tensor | None
+
+    @property
+    def size(self) -> int:
+        """Items in each set, and the number of samples to score against them (equal sizes keep kNN metrics unbiased)."""
+        return len(self.reference)
+
+
+def evaluation_sets(dataset, n: int, seed: int = 0) -> EvaluationSets:
+    """n random items as the reference and n others as the floor set; half the data set each when it has fewer than 2n."""
+    if n < MIN_EVALUATION_SIZE:
+        raise ConfigError(f"num_samples={n} must be >= {MIN_EVALUATION_SIZE} (coverage compares each point with its "
+                          "5 nearest)")
+    m = min(n, len(dataset) // 2)
+    if m < MIN_EVALUATION_SIZE:
+        raise ConfigError(f"the data set has {len(dataset)} items: evaluation needs at least "
+                          f"{2 * MIN_EVALUATION_SIZE}")
+    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))  # (len,)
+    reference, floor = _items(dataset, perm[:m].tolist()), _items(dataset, perm[m:2 * m].tolist())
+    return EvaluationSets(*reference, *floor)
+
+
+def data_classifier(dataset, data_config: dict, cache_dir: str | Path | None, steps: int = 500) -> FeatureClassifier:
+    """The feature classifier of a labelled image data set: trained once on a fixed subset, then read from cache_dir.
+
+    evaluate.py and in-training evaluation share it: the same items, steps and cache file for the same data config.
+    """
+    num_classes = getattr(dataset, "num_classes", 0)
+    if num_classes < 2:
+        raise ConfigError("classifier metrics need a labelled data set; use metric=[fid,kid] for unlabelled images")
+    x, y = data_tensors(dataset, CLASSIFIER_ITEMS)
+    cache = classifier_cache_path(cache_dir, data_config, steps) if cache_dir else None
+    return cached_classifier(x, y, num_classes, cache, steps)
+
+
 class Evaluator:
     """Scores samples against fixed reference data; feature networks are built here, so bad settings fail early.
 
-    reference: data points (N, D) or images (N, C, H, W) in [-1, 1]; labels (N,) and num_classes are
-    needed for the classifier metrics; inception_weights is a local Inception file for fid/kid, which
-    run on `device` (the small classifier runs on the CPU).
+    reference: data points (N, D) or images (N, C, H, W) in [-1, 1]; the classifier metrics use `classifier`
+    (see `data_classifier`) or, without one, a classifier trained on the reference, which needs labels (N,) and
+    num_classes; inception_weights is a local Inception file for fid/kid, which run on `device` (the small
+    classifier runs on the CPU). kNN metrics (coverage, precision, recall) are unbiased only when the samples
+    are as many as the reference points.
     """
 
     def __init__(self, reference: torch.Tensor, metrics: Sequence[str] | None = None,
                  labels: torch.Tensor | None = None, num_classes: int = 0, classifier_cache: str | Path | None = None,
                  classifier_steps: int = 500, inception_weights: str | None = None, conditional: bool = False,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", classifier: FeatureClassifier | None = None):
         self.image = reference.ndim == 4
         self.reference = reference.float()
         self.metrics = self._check(list(metrics or default_metrics(self.image, conditional)), conditional)
-        self.classifier = self.inception = None
+        self.classifier = self.inception = self._patch_stats = None
         if self.image and CLASSIFIER_METRICS & set(self.metrics):
-            if labels is None or num_classes < 2:
+            if classifier is None and (labels is None or num_classes < 2):
                 raise ConfigError(f"metric={self.metrics}: classifier metrics need a labelled data set; "
                                   "use metric=[fid,kid] for unlabelled images")
-            self.classifier = cached_classifier(self.reference, labels, num_classes, classifier_cache, classifier_steps)
+            self.classifier = classifier or cached_classifier(self.reference, labels, num_classes, classifier_cache,
+                                                              classifier_steps)
             self.real_features, _ = classifier_outputs(self.classifier, self.reference)
         if {"fid", "kid"} & set(self.metrics):
             from diffusion_lab.evaluation.inception import InceptionMetrics
@@ -99,6 +153,10 @@ class Evaluator:
     def _images(self, x: torch.Tensor, labels: torch.Tensor | None) -> dict:
         x = x.clamp(-1, 1)  # what a saved image holds
         out = {}
+        if "patch_fd" in self.metrics:
+            if self._patch_stats is None:
+                self._patch_stats = M.gaussian_stats(M.image_patches(self.reference))
+            out["patch_fd"] = M.frechet_distance(*self._patch_stats, *M.gaussian_stats(M.image_patches(x)))
         if self.classifier is not None:
             feats, predicted = classifier_outputs(self.classifier, x)
             out["classifier_fd"] = M.frechet_distance_features(self.real_features, feats)

@@ -1,7 +1,8 @@
 """Weights on disk: reading a train.py checkpoint with one-line errors and loading a model's weights from it.
 
     ckpt = read_checkpoint("outputs/.../checkpoints/last.ckpt")
-    load_weights(model, model_state(ckpt, ema=True, path=path), path)
+    load_weights(model, model_state(ckpt, ema=has_ema(ckpt), path=path), path)   # EMA when the run kept one
+    load_weights(vae, part_state(ckpt, "vae"), path)                                # a latent run's other parts
 """
 from pathlib import Path
 
@@ -43,12 +44,23 @@ def strip_prefixes(state: dict, prefix: str = "") -> dict:
     return out
 
 
+def has_ema(ckpt: dict) -> bool:
+    """Whether the checkpoint holds EMA weights of the denoiser (a run trained with callbacks.ema)."""
+    return "ema_state_dict" in ckpt
+
+
+def part_state(ckpt: dict, part: str) -> dict:
+    """The raw training weights of the training module's submodule `part` (model, vae, classifier)."""
+    return strip_prefixes(ckpt["state_dict"], part + ".")
+
+
 def model_state(ckpt: dict, ema: bool, path: Path) -> dict:
-    """The denoiser's weights: the EMA average (ema) or the raw training weights."""
+    """The denoiser's weights: the EMA average (ema; CheckpointError when the run kept none) or the raw ones."""
     if not ema:
-        return strip_prefixes(ckpt["state_dict"], "model.")
-    if "ema_state_dict" not in ckpt:
-        raise CheckpointError(f"ckpt={path}: holds no EMA weights (trained without callbacks.ema); pass ema=false")
+        return part_state(ckpt, "model")
+    if not has_ema(ckpt):
+        raise CheckpointError(f"ckpt={path}: holds no EMA weights (trained without callbacks.ema); "
+                              "load the raw training weights (ema=False)")
     return strip_prefixes(ckpt["ema_state_dict"])
 
 

@@ -7,6 +7,7 @@ One run trains one stage, chosen by `mode`; the next stage starts from the last 
     python train.py experiment=mnist_latent stage=diffusion init_from=outputs/mnist_latent/reconstruction/checkpoints/last.ckpt
     python train.py experiment=mnist_latent stage=joint init_from=outputs/mnist_latent/diffusion/checkpoints/last.ckpt
 """
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from diffusion_lab.core import ClassifierGuidance, Guidance, Sampler, Schedule, 
 from diffusion_lab.errors import CheckpointError, ConfigError
 from diffusion_lab.models.classifier import noisy_classification_loss
 from diffusion_lab.models.vae import VAE
+from diffusion_lab.sampling import SamplingSetup
 from diffusion_lab.training.module import DiffusionModule, seed_device, step_seed
 from diffusion_lab.utils import split_batch
 
@@ -156,12 +158,21 @@ class LatentDiffusionModule(DiffusionModule):
     def on_validation_epoch_end(self) -> None:
         """Reconstructions beside their originals (reconstruction), else images decoded from sampled latents."""
         if self.mode != "reconstruction":
-            if "model" in self.trained_parts:
-                super().on_validation_epoch_end()  # self.draw_samples decodes; also logs val/swd against the images
+            if self.can_sample:
+                super().on_validation_epoch_end()  # self.draw_samples decodes
             return
         ref = getattr(self, "_reference", None)
         if not self.trainer.sanity_checking and self.num_samples > 0 and ref is not None:
             self.last_samples = self.reconstructions(ref)
+
+    @property
+    def can_sample(self) -> bool:
+        """A denoiser trained in this stage or an earlier one, on a trained VAE."""
+        return self.mode != "reconstruction" and "model" in self.trained_parts
+
+    def sampling_setup(self) -> SamplingSetup:
+        """The denoiser on latents, and the VAE's decoder to images in [-1, 1]."""
+        return dataclasses.replace(super().sampling_setup(), decode=lambda z: self.vae.decode(z).clamp(-1, 1))
 
     @torch.no_grad()
     def reconstructions(self, x0: Tensor) -> Tensor:

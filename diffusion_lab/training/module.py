@@ -9,7 +9,7 @@ from torch import nn
 
 from diffusion_lab.core import Guidance, Sampler, Schedule, diffusion_loss, per_sample_generators
 from diffusion_lab.errors import ConfigError, NonFiniteError
-from diffusion_lab.evaluation.metrics import sliced_wasserstein
+from diffusion_lab.sampling import SamplingSetup
 from diffusion_lab.utils import split_batch
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,7 @@ class DiffusionModule(L.LightningModule):
         elif scaler is None:
             self.skipped["in_a_row"] = 0
         if self.logs_this_step():
-            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-            self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)  # train/lr: the lr_monitor callback
             if self.nonfinite == "skip":
                 self.log("train/skipped_steps", float(self.skipped["total"]), on_step=True, on_epoch=False)
 
@@ -126,16 +125,32 @@ class DiffusionModule(L.LightningModule):
         loss = diffusion_loss(self.model, x0, self.schedule, cond, generator)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         if batch_idx == 0:
-            self._reference = x0[: max(self.num_samples, 1)]
+            self._reference = x0[: max(self.num_samples, 1)]  # drawn beside point samples in the picture
+
+    def on_validation_start(self) -> None:
+        self.last_samples = None  # set by the evaluation callback's on_validation_epoch_end, which runs first
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking or self.num_samples < 1:
+        """The picture's samples (rank 0): the first num_samples of the evaluation callback's, else drawn here.
+
+        Sample i uses seed + i there and here, so a prefix of the callback's samples is what this would draw.
+        """
+        if self.trainer.sanity_checking or self.num_samples < 1 or not self.trainer.is_global_zero:
             return
-        x = self.draw_samples(self.num_samples)
-        self.last_samples = x
-        ref = getattr(self, "_reference", None)
-        if ref is not None:
-            self.log("val/swd", sliced_wasserstein(x.flatten(1), ref.flatten(1).to(x)), sync_dist=True)
+        drawn = self.last_samples
+        if drawn is not None and len(drawn) >= self.num_samples:
+            self.last_samples = drawn[: self.num_samples]
+        else:
+            self.last_samples = self.draw_samples(self.num_samples)
+
+    @property
+    def can_sample(self) -> bool:
+        """Whether the module has a denoiser to sample from (always, except early latent-diffusion stages)."""
+        return True
+
+    def sampling_setup(self) -> SamplingSetup:
+        """What the samplers need: the model, schedule, sampler and guidance of this run."""
+        return SamplingSetup(self.model, self.schedule, self.sampler, self.guidance)
 
     def sample_labels(self, n: int) -> torch.Tensor | None:
         """Labels 0, 1, ..., K-1, 0, 1, ... so that an image grid is ordered by class."""
@@ -153,11 +168,15 @@ class DiffusionModule(L.LightningModule):
         return x
 
     def configure_optimizers(self):
+        """The optimizer and its LR schedule, stepped per optimizer step; no lr_scheduler is a constant one, so that
+        LearningRateMonitor logs the learning rate under the scheduler's name, train/lr, either way."""
         optimizer = self.optimizer_fn(params=self.trained_parameters())
         if self.lr_scheduler_fn is None:
-            return optimizer
-        scheduler = self.lr_scheduler_fn(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+            scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        else:
+            scheduler = self.lr_scheduler_fn(optimizer=optimizer)
+        lr_config = {"scheduler": scheduler, "interval": "step", "name": "train/lr"}
+        return {"optimizer": optimizer, "lr_scheduler": lr_config}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["config"] = self.config
