@@ -4,6 +4,8 @@ It asserts nothing about speed: the benchmark's numbers depend on the machine an
 """
 import json
 
+import pytest
+
 from tests.helpers import run_script
 
 RUN_FIELDS = {"step_ms", "cpu_ms", "samples_per_s", "peak_memory_mib", "host_reads_per_step"}
@@ -12,6 +14,7 @@ WORKLOAD_FIELDS = {"batch", "steps", "warmup", "params", "flops_per_step", "fram
 SAMPLING_FIELDS = {"samples_per_s", "batch", "steps", "sampler", "forwards_per_step", "host_reads_per_step"}
 
 
+@pytest.mark.slow
 def test_smoke_benchmark_quick_writes_json_and_markdown(tmp_path):
     run_script("scripts/benchmark.py", ["--quick", "--out", str(tmp_path)], timeout=300, one_thread=False, check=True)
     report = json.loads((tmp_path / "benchmark.json").read_text())

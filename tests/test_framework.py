@@ -139,6 +139,7 @@ def test_tensorboard_logger_writes_events(compose_cfg, tmp_path):
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_two_job_multirun_writes_one_directory_per_job(tmp_path):
     run_script("train.py", ["-m", "schedule=loglinear,ddpm", *FAST, "trainer.max_steps=10",
                             f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path, one_thread=False, check=True)
