@@ -182,10 +182,8 @@ def digest(run_dir: Path) -> dict:
             for p in sorted(run_dir.rglob("*")) if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_ckpts) -> tuple[dict, dict]:
-    """The default suite's results (see run_all) and the files its cases name."""
-    root = tmp_path_factory.mktemp("bad")
+def case_files(root, tiny_ckpts) -> dict:
+    """The files the cases name: tiny checkpoints good and bad, an empty data folder, corrupt images."""
     train(compose_train([*BASE, "trainer.max_steps=5"], root / "trained"))
     train(compose_train([*BASE, "trainer.max_steps=5", "model.hidden_dims=[16,64,16]"], root / "wider"))
     files = {**tiny_ckpts, "empty_data": root / "empty_data", "images": root / "images",
@@ -199,17 +197,25 @@ def runs(tmp_path_factory, tiny_ckpts) -> tuple[dict, dict]:
     files["other_model"].write_bytes((root / "wider/checkpoints/last.ckpt").read_bytes())
     for stage in ("reconstruction", "diffusion"):
         files[f"latent_{stage}"] = write_latent_checkpoint(root / f"latent_{stage}.ckpt", stage)
+    return files
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_ckpts) -> tuple[dict, dict]:
+    """The default suite's results (see run_all) and the files its cases name."""
+    root = tmp_path_factory.mktemp("bad")
+    files = case_files(root, tiny_ckpts)
     return run_all(False, files, own_dir(root), root), files
 
 
 @pytest.fixture(scope="module")
-def slow_runs(tmp_path_factory) -> tuple[dict, dict, dict, dict]:
+def slow_runs(tmp_path_factory, tiny_ckpts) -> tuple[dict, dict, dict, dict]:
     """The slow suite's results and files, train runs into an earlier run; that run's digest before and after."""
     root = tmp_path_factory.mktemp("bad_slow")
     earlier = root / "earlier_run"
     train(compose_train([*FAST, "trainer.max_steps=10"], earlier))
     train(compose_train([*FAST, "trainer.max_steps=5"], root / "other_run"))
-    files = {"earlier": earlier / "checkpoints/last.ckpt", "earlier_cut": root / "earlier_cut.ckpt",
+    files = {**case_files(root / "files", tiny_ckpts), "earlier": earlier / "checkpoints/last.ckpt", "earlier_cut": root / "earlier_cut.ckpt",
              "foreign_weights": root / "foreign_weights.ckpt", "other_run": root / "other_run/checkpoints/last.ckpt",
              "sweep": root / "sweep"}
     files["earlier_cut"].write_bytes(files["earlier"].read_bytes()[:4096])
