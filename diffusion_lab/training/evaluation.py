@@ -38,8 +38,8 @@ class SampleQuality(Callback):
     precision, recall, accuracy (conditional), fid, kid (null: the first five for points; all but fid and kid
     for images, and those too when the Inception weights are on this machine). The first metric is the one
     `optimized_metric=auto` optimizes. classifier_fd sees what the digits are; patch_fd (pixel patches) sees
-    grain and blur, which the classifier's pooled features ignore. The image feature classifier is trained once per data set and
-    cached in classifier_cache (shared with scripts/evaluate.py).
+    grain and blur, which the classifier's pooled features ignore. The image feature classifier is trained once
+    per data set and cached in classifier_cache (shared with scripts/evaluate.py).
     """
 
     def __init__(self, num_samples: int = 512, metrics: list[str] | None = None, batch_size: int = 256,
