@@ -43,7 +43,7 @@ class Run:
     parts: list[str] | None = None
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) in [-1, 1] from latents z (B, c, h, w), as LatentDiffusionModule.draw_samples has it."""
+        """Images (B, C, H, W) in [-1, 1] from latents z (B, c, h, w), as LatentDiffusionModule.sampling_setup decodes them."""
         return self.vae.decode(z).clamp(-1, 1)
 
 

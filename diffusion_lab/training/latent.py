@@ -159,7 +159,7 @@ class LatentDiffusionModule(DiffusionModule):
         """Reconstructions beside their originals (reconstruction), else images decoded from sampled latents."""
         if self.mode != "reconstruction":
             if self.can_sample:
-                super().on_validation_epoch_end()  # self.draw_samples decodes
+                super().on_validation_epoch_end()  # sampling_setup() decodes
             return
         ref = getattr(self, "_reference", None)
         if not self.trainer.sanity_checking and self.num_samples > 0 and ref is not None:
@@ -179,17 +179,6 @@ class LatentDiffusionModule(DiffusionModule):
         """Each image (B, C, H, W) with its reconstruction from the posterior mean on its right: (B, C, H, 2W)."""
         x_hat = self.vae.decode(self.vae.mean_latent(x0)).clamp(-1, 1)
         return torch.cat([x0, x_hat], dim=-1)
-
-    def sample_labels(self, n: int) -> Tensor | None:
-        """Labels 0, 1, ..., K-1, 0, ... when the denoiser is conditional or the classifier guides; else None."""
-        if not (self.conditional or isinstance(self.guidance, ClassifierGuidance)):
-            return None
-        return torch.arange(n, device=self.device) % (self.model.num_classes or self.classifier.num_classes)
-
-    @torch.no_grad()
-    def draw_samples(self, n: int, seed: int | None = None) -> Tensor:
-        """n images (B, C, H, W) decoded from latents drawn with the sampler and guidance; sample i uses seed + i."""
-        return self.vae.decode(super().draw_samples(n, seed)).clamp(-1, 1)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

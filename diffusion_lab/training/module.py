@@ -7,9 +7,9 @@ import lightning as L
 import torch
 from torch import nn
 
-from diffusion_lab.core import Guidance, Sampler, Schedule, diffusion_loss, per_sample_generators
+from diffusion_lab.core import Guidance, Sampler, Schedule, diffusion_loss
 from diffusion_lab.errors import ConfigError, NonFiniteError
-from diffusion_lab.sampling import SamplingSetup
+from diffusion_lab.sampling import SamplingSetup, generate, labels_for
 from diffusion_lab.utils import split_batch
 
 log = logging.getLogger(__name__)
@@ -153,19 +153,12 @@ class DiffusionModule(L.LightningModule):
         return SamplingSetup(self.model, self.schedule, self.sampler, self.guidance)
 
     def sample_labels(self, n: int) -> torch.Tensor | None:
-        """Labels 0, 1, ..., K-1, 0, 1, ... so that an image grid is ordered by class."""
-        if not self.conditional:
-            return None
-        return torch.arange(n, device=self.device) % self.model.num_classes
+        """Labels 0, 1, ..., K-1, 0, 1, ... so that an image grid is ordered by class (None: unconditional)."""
+        return labels_for(range(n), self.sampling_setup().num_classes)
 
-    @torch.no_grad()
     def draw_samples(self, n: int, seed: int | None = None) -> torch.Tensor:
-        """n samples with the configured sampler and guidance; sample i always uses seed + i."""
-        first = self.seed if seed is None else seed
-        generators = per_sample_generators(range(first, first + n), self.device)
-        *_, x = self.sampler(self.model, self.schedule, cond=self.sample_labels(n), guidance=self.guidance,
-                             generator=generators)
-        return x
+        """n samples (on the CPU) with the configured sampler and guidance; sample i always uses seed + i."""
+        return generate(self.sampling_setup(), n, batch_size=n, seed=self.seed if seed is None else seed).x
 
     def configure_optimizers(self):
         """The optimizer and its LR schedule, stepped per optimizer step; no lr_scheduler is a constant one, so that
