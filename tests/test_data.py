@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import socket
 from pathlib import Path
 
@@ -76,11 +78,13 @@ def test_toy_getitems_equals_stacked_getitem(cls, kwargs, dims, num_classes, len
         assert torch.equal(batch[1], torch.stack([y for _, y in items]))
 
 
-def test_swissroll_points_follow_formula():
-    ds = Swissroll(tmin=1.0, tmax=10.0, N=4)
-    t = torch.tensor([1.0, 4.0, 7.0, 10.0])
+def test_swissroll_points_are_smalldiffusions():
+    # smalldiffusion: t = tmin + linspace(0, 1, N) * tmax, points t (cos t, sin t) / tmax
+    ds = Swissroll(tmin=1.0, tmax=10.0, N=5)
+    t = torch.tensor([1.0, 3.5, 6.0, 8.5, 11.0])
     assert torch.allclose(ds.data, torch.stack([t * t.cos(), t * t.sin()], 1) / 10.0, atol=1e-6)
-    assert torch.allclose(Swissroll().data[-1].norm(), torch.tensor(1.0))  # t = tmax ends on the unit circle
+    radii = Swissroll(tmin=math.pi / 2, tmax=5 * math.pi, N=100).data.norm(dim=1)  # its documented call
+    assert radii[0].item() == pytest.approx(0.1) and radii[-1].item() == pytest.approx(1.1)
 
 
 def test_tree_default_has_64_balanced_leaves_within_unit_disc():
@@ -101,7 +105,7 @@ def test_gaussian_mixture_points_sit_at_their_mode():
     "build, name",
     [
         (lambda: Swissroll(N=0), "N"),
-        (lambda: Swissroll(tmin=3.0, tmax=2.0), "tmax"),
+        (lambda: Swissroll(tmin=3.0, tmax=-2.0), "tmax"),
         (lambda: Swissroll3D(n_samples=-5), "n_samples"),
         (lambda: Swissroll3D(noise=-0.1), "noise"),
         (lambda: TreeDataset(branching_factor=1), "branching_factor"),

@@ -71,7 +71,7 @@ FASHION_DIT = {"model._target_": M + "DiT", "model.in_dim": 28, "model.patch_siz
 RECIPES = {
     "toy_swissroll": {"model._target_": M + "TimeInputMLP", "model.hidden_dims": [16, 128, 128, 128, 128, 16],
                       "schedule._target_": C + "ScheduleLogLinear", "schedule.N": 200, "schedule.sigma_min": 0.005,
-                      "schedule.sigma_max": 10.0, "data.batch_size": 2048, "trainer.max_steps": 15000,
+                      "schedule.sigma_max": 10.0, "data.batch_size": 100, "data.epoch_size": 10000, "trainer.max_steps": 15000,
                       "sampler.steps": 20, "sampler.gam": 2.0},
     "tree_cfg": {**CFG, "data.dataset.branching_factor": 4, "data.dataset.depth": 3, "data.num_classes": 64,
                  "model._target_": M + "ConditionalMLP", "model.cond_dim": 4, "model.cond_dropout": 0.1,

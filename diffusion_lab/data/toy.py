@@ -17,16 +17,19 @@ from diffusion_lab.errors import ConfigError
 
 
 class Swissroll(InMemoryDataset):
-    """The 2D swiss roll of smalldiffusion's docs: N points t (cos t, sin t) / tmax, t evenly spaced in [tmin, tmax].
+    """smalldiffusion's 2D swiss roll: N points t (cos t, sin t) / tmax, t = tmin + tmax * linspace(0, 1, N).
+
+    As in smalldiffusion, t spans [tmin, tmin + tmax] and tmax is also the scale, so the same arguments give the
+    same points (its documented call, Swissroll(pi / 2, 5 pi, 100), ends at radius 1.1).
 
     Noise-free and fixed, so a small N is fine: the training loop samples batches with replacement.
     """
 
     def __init__(self, tmin: float = math.pi / 2, tmax: float = 5 * math.pi, N: int = 100) -> None:
         check_int("N", N, 1)
-        if not (isinstance(tmin, (int, float)) and isinstance(tmax, (int, float)) and 0 < tmax and tmin < tmax):
-            raise ConfigError(f"Swissroll needs numbers tmin < tmax with tmax > 0, got tmin={tmin!r}, tmax={tmax!r}")
-        t = torch.linspace(tmin, tmax, N, dtype=torch.float64)  # (N,)
+        if not (isinstance(tmin, (int, float)) and isinstance(tmax, (int, float)) and 0 < tmax):
+            raise ConfigError(f"Swissroll needs numbers tmin and tmax with tmax > 0, got tmin={tmin!r}, tmax={tmax!r}")
+        t = tmin + torch.linspace(0, 1, N, dtype=torch.float64) * tmax  # (N,)
         xy = torch.stack([t * torch.cos(t), t * torch.sin(t)], dim=1) / tmax  # (N, 2)
         super().__init__(xy, None, 0)
 
