@@ -8,7 +8,6 @@ seeds, same real items, same feature classifier), then with N(0, noise^2) added 
 Markdown table; --out plots the metric against the step with the floor and the noised score.
 """
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -18,20 +17,9 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion_lab.app.loading import build_dataset, load_run, sampling_setup  # noqa: E402
+from diffusion_lab.app.runs import logged  # noqa: E402
 from diffusion_lab.evaluation import Evaluator, data_classifier, evaluation_sets  # noqa: E402
 from diffusion_lab.sampling import generate  # noqa: E402
-
-
-def logged(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Each logged key -> [(step, value)], over every csv/version_* of the run (a resumed run adds one)."""
-    out: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                for key, value in row.items():
-                    if value and key not in ("epoch", "step"):
-                        out.setdefault(key, []).append((int(row["step"]), float(value)))
-    return out
 
 
 def rescore(run_dir: Path, metrics: list[str], noise: float) -> dict[str, dict[str, float]]:

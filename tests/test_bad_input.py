@@ -38,6 +38,8 @@ TRAIN = {
     "steps negative": Case(["sampler.steps=-3"], "sampler: steps=-3 must be an integer >= 1"),
     "sigma_min above sigma_max": Case(["schedule.sigma_min=20"], "schedule: sigma_min=20", slow=True),
     "cfg without conditioning": Case(["guidance=cfg"], "guidance=cfg needs a conditional model"),
+    "batch beyond memory": Case(["data.batch_size=1000000000"], "this run needs at least … GiB … at "
+                                "data.batch_size=1000000000) but this machine has … GiB free; … memory_check=false"),
     "patch size of digits": Case(["model=dit", "data=digits", "model.patch_size=3"],
                                  "patch_size=3 must divide in_dim=8", slow=True),
     "conditional on unlabelled default data": Case(["conditional=true"],

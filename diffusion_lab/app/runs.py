@@ -1,4 +1,5 @@
-"""Run directories: one run per directory (a lock and a reuse check), set-and-forget resume, config changes on resume.
+"""Run directories: one run per directory (a lock and a reuse check), set-and-forget resume, config changes on resume,
+and what a run logged.
 
     ckpt_path=auto    resumes checkpoints/last.ckpt of hydra.run.dir when it exists, else starts the run there
     ckpt_path=last    resumes it, and refuses when it does not exist
@@ -6,6 +7,7 @@
 """
 from __future__ import annotations
 
+import csv
 import functools
 import importlib
 import inspect
@@ -27,6 +29,18 @@ FIXED = ("model", "parameterization", "schedule", "module", "conditional", "seed
 MOVABLE = ("data.dataset.root", "data.dataset.download")  # where the same data lives may change
 # The `module` of configs saved before the LightningModule was a config group, when this was the only one.
 DEFAULT_MODULE = {"_target_": "diffusion_lab.training.DiffusionModule", "_partial_": True}
+
+
+def logged(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Each key the CSV logger wrote -> [(step, value)], over every csv/version_* of the run (a resumed run adds one)."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(Path(run_dir).glob("csv/version_*/metrics.csv")):
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                for key, value in row.items():
+                    if value and key not in ("epoch", "step"):
+                        out.setdefault(key, []).append((int(row["step"]), float(value)))
+    return out
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:

@@ -54,6 +54,49 @@ def check_input_shape(module, datamodule) -> None:
                           "(e.g. model=dit for images)")
 
 
+def available_memory(accelerator: str) -> tuple[str, int | None]:
+    """(device name, free bytes) of what trains: CUDA's free memory, or for CPUs the smaller of the kernel's
+    MemAvailable and the cgroup's remaining limit (containers, SLURM); None when it cannot be read."""
+    import torch
+
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "the GPU", torch.cuda.mem_get_info()[0]
+    if accelerator not in ("cpu", "auto"):
+        return accelerator, None
+    free = []
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        free.append(int(meminfo["MemAvailable"].split()[0]) * 1024)
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            free.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, KeyError, ValueError):
+        pass
+    return "this machine", min(free) if free else None
+
+
+def check_memory(cfg: DictConfig, net) -> None:
+    """Refuses in one line, before the first batch is allocated, a run whose training step needs more memory than
+    the device has free (models.memory.training_memory's lower bound, so a refused run would not fit; a run just
+    under it may still run out); memory_check=false skips it."""
+    from diffusion_lab.models.memory import training_memory
+
+    device, free = available_memory(str(cfg.trainer.accelerator))
+    if free is None:
+        return
+    devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) and device == "this machine" else 1
+    need = training_memory(net, int(cfg.data.batch_size), ema=bool((cfg.get("callbacks") or {}).get("ema")))
+    if need.total * devices > free:
+        gib = 2 ** 30
+        raise ConfigError(
+            f"this run needs at least {need.total * devices / gib:.1f} GiB ({need.num_params / 1e6:.1f}M parameters: "
+            f"{need.state / gib:.1f} GiB of weights, gradients, optimizer and EMA state, {need.activations / gib:.1f} "
+            f"GiB of activations at data.batch_size={cfg.data.batch_size}"
+            f"{f', x{devices} processes' if devices > 1 else ''}) but {device} has {free / gib:.1f} GiB free; "
+            "lower data.batch_size, use a smaller model or a GPU (the experiment file says what it is sized for), "
+            "or set memory_check=false to train anyway")
+
+
 def train(cfg: DictConfig) -> float | None:
     """Builds everything from cfg and fits; returns cfg.optimized_metric from the final metrics."""
     import lightning as L
@@ -76,6 +119,8 @@ def train(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     module, datamodule = build(cfg)
+    if cfg.get("memory_check", True):
+        check_memory(cfg, module.model.net)
     if ckpt_path:  # refuse a corrupt or foreign checkpoint, or a change of model, data or schedule, in one line
         ckpt = read_checkpoint(ckpt_path)
         check_resume_config(ckpt["config"], module.config, ckpt_path)

@@ -142,10 +142,12 @@ class Evaluator:
         return metrics
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
-        """{metric: value} of samples x (with the labels they were generated for, for accuracy)."""
+        """{metric: value} of samples x (with the labels they were generated for, for accuracy); with accuracy
+        also accuracy_<k>, the fraction of the samples generated for class k that the classifier assigns to k."""
         x = x.float().cpu()
         scores = self._images(x, labels) if self.image else self._points(x)
-        return {m: float(scores[m]) for m in self.metrics}
+        per_class = {m: v for m, v in scores.items() if m.startswith("accuracy_")}
+        return {m: float(scores[m]) for m in self.metrics} | {m: float(v) for m, v in per_class.items()}
 
     def _points(self, x: torch.Tensor) -> dict:
         return {m: POINT_METRICS[m](x, self.reference) for m in self.metrics}
@@ -161,8 +163,10 @@ class Evaluator:
             feats, predicted = classifier_outputs(self.classifier, x)
             out["classifier_fd"] = M.frechet_distance_features(self.real_features, feats)
             out["precision"], out["recall"] = M.precision_recall(self.real_features, feats)
-            if labels is not None:
-                out["accuracy"] = (predicted == labels.cpu()).float().mean()
+            if labels is not None and "accuracy" in self.metrics:
+                correct, labels = (predicted == labels.cpu()).float(), labels.cpu()  # (N,)
+                out["accuracy"] = correct.mean()
+                out |= {f"accuracy_{k}": correct[labels == k].mean() for k in labels.unique().tolist()}
         if self.inception is not None:
             out.update(self.inception(x))
         return out

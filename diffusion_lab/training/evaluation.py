@@ -71,7 +71,7 @@ class SampleQuality(Callback):
             log.info(f"callbacks.evaluate: the data set has {len(dataset)} items, so {sets.size} samples are scored "
                      f"against {sets.size} real ones (num_samples={self.num_samples})")
         image = sets.reference.ndim == 4
-        conditional = bool(getattr(pl_module, "conditional", False))
+        conditional = pl_module.sampling_setup().num_classes > 0  # labels or classifier guidance
         labelled = getattr(dataset, "num_classes", 0) >= 2
         metrics = self.requested or self._default_metrics(image, conditional, labelled)
         classifier = None
