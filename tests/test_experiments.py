@@ -54,6 +54,7 @@ def test_every_recipe_of_the_issue_is_an_experiment():
         text = (Path(CONFIG_DIR) / "experiment" / f"{name}.yaml").read_text()
         assert text.startswith("# @package _global_\n"), name
         assert "  - override /" in text, f"{name} overrides no group"
+        assert "\n# Sized for: " in text, f"{name} does not say what device it is sized for"
 
 
 # Leaves each recipe must set (resolved): the numbers of the seed projects.
