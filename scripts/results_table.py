@@ -39,14 +39,13 @@ def read_run(run_dir: Path) -> tuple[dict, dict]:
     return OmegaConf.to_container(OmegaConf.load(config), resolve=True), json.loads(summary.read_text())
 
 
-def cost(run_dir: Path) -> dict:
-    """steps, seconds and peak memory of the run and of the runs its init_from checkpoint chain came from."""
-    config, summary = read_run(run_dir)
+def cost(config: dict, summary: dict) -> dict:
+    """steps, seconds and peak memory of a run and of the runs its init_from checkpoint chain came from."""
     out = {"steps": [summary["steps"]], "seconds": summary["train_seconds"], "machine": summary["machine"],
            "memory": max(summary["peak_host_memory_bytes"] or 0, summary["peak_cuda_memory_bytes"] or 0)}
     init_from = (config.get("module") or {}).get("init_from")
     if init_from:
-        before = cost(Path(init_from).resolve().parents[1])  # <run>/checkpoints/last.ckpt
+        before = cost(*read_run(Path(init_from).resolve().parents[1]))  # <run>/checkpoints/last.ckpt
         out["steps"] = before["steps"] + out["steps"]
         out["seconds"] += before["seconds"]
         out["memory"] = max(out["memory"], before["memory"])
@@ -82,8 +81,8 @@ def last_grid(run_dir: Path) -> Path | None:
 
 
 def row(run_dir: Path, images: Path | None, relative_to: Path) -> str:
-    config, _ = read_run(run_dir)
-    c, values = cost(run_dir), logged(run_dir)
+    config, summary = read_run(run_dir)
+    c, values = cost(config, summary), logged(run_dir)
     stage = (config.get("module") or {}).get("mode")
     recipe = config["task_name"] + (f" ({stage})" if stage else "")
     metric, accuracy = quality(values)

@@ -146,8 +146,8 @@ class Evaluator:
         also accuracy_<k>, the fraction of the samples generated for class k that the classifier assigns to k."""
         x = x.float().cpu()
         scores = self._images(x, labels) if self.image else self._points(x)
-        per_class = {m: v for m, v in scores.items() if m.startswith("accuracy_")}
-        return {m: float(scores[m]) for m in self.metrics} | {m: float(v) for m, v in per_class.items()}
+        per_class = {m: float(v) for m, v in scores.items() if m.startswith("accuracy_")}
+        return {m: float(scores[m]) for m in self.metrics} | per_class
 
     def _points(self, x: torch.Tensor) -> dict:
         return {m: POINT_METRICS[m](x, self.reference) for m in self.metrics}

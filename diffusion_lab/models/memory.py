@@ -30,12 +30,12 @@ def training_memory(net: nn.Module, batch_size: int, optimizer_moments: int = 2,
     come on top, so this is a lower bound: measured peaks on a CPU were 1.3 to 2 times it.
     """
     params = list(net.parameters())
-    kept = {p.untyped_storage().data_ptr(): 0 for p in params}  # weights are state, not activations
+    weights = {p.untyped_storage().data_ptr() for p in params}  # state, not activations
     storages: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()  # views of one tensor (q, k, v of one projection) share it: count it once
-        if storage.data_ptr() not in kept:
+        if storage.data_ptr() not in weights:
             storages[storage.data_ptr()] = storage.nbytes()
         return t
 
