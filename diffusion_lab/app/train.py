@@ -85,13 +85,14 @@ def check_memory(cfg: DictConfig, net) -> None:
     if free is None:
         return
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) and device == "this machine" else 1
-    need = training_memory(net, int(cfg.data.batch_size), ema=bool((cfg.get("callbacks") or {}).get("ema")))
+    ema = bool((cfg.get("callbacks") or {}).get("ema"))
+    need = training_memory(net, int(cfg.data.batch_size), ema=ema)
     if need.total * devices > free:
         gib = 2 ** 30
         raise ConfigError(
             f"this run needs at least {need.total * devices / gib:.1f} GiB ({need.num_params / 1e6:.1f}M parameters: "
-            f"{need.state / gib:.1f} GiB of weights, gradients, optimizer and EMA state, {need.activations / gib:.1f} "
-            f"GiB of activations at data.batch_size={cfg.data.batch_size}"
+            f"{need.state / gib:.1f} GiB of weights, gradients, optimizer{' and EMA' if ema else ''} state, "
+            f"{need.activations / gib:.1f} GiB of activations at data.batch_size={cfg.data.batch_size}"
             f"{f', x{devices} processes' if devices > 1 else ''}) but {device} has {free / gib:.1f} GiB free; "
             "lower data.batch_size, use a smaller model or a GPU (the experiment file says what it is sized for), "
             "or set memory_check=false to train anyway")
