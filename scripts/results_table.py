@@ -7,7 +7,8 @@ and peak memory (summary.json, written by callbacks.summary; a run started from 
 init_from adds that run's steps and time, and the larger memory), the in-training evaluation's first metric at the
 last validation with its sample count and noise floor, and for conditional samples the feature classifier's
 accuracy per requested class (callbacks.evaluate's val/accuracy_<k>). --images copies each run's last sample grid
-there and shows it in the table; --readme replaces the lines between the README's results markers.
+there and shows it in the table; --readme writes the table between the README's results markers, replacing the row of
+each recipe given and keeping the rows of the others (rerun one recipe without the other runs' directories).
 """
 import argparse
 import json
@@ -98,17 +99,31 @@ def row(run_dir: Path, images: Path | None, relative_to: Path) -> str:
             f"{c['memory'] / 2**30:.1f} GiB | {metric} | {accuracy} | {picture} |")
 
 
-def table(run_dirs: list[Path], images: Path | None, relative_to: Path) -> str:
-    lines = [HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
-    return "\n".join(lines + [row(d, images, relative_to) for d in run_dirs])
+def recipe_of(line: str) -> str:
+    return line.strip().strip("|").split("|")[0].strip()
 
 
-def replace_section(readme: Path, text: str) -> None:
+def table(rows: list[str]) -> str:
+    return "\n".join([HEADER, "|" + "---|" * HEADER.count(" | ") + "---|", *rows])
+
+
+def merge(old_section: str, rows: list[str]) -> list[str]:
+    """The rows of old_section with each recipe in rows replaced in place; recipes new to the table go last."""
+    new = {recipe_of(r): r for r in rows}
+    kept = [line for line in old_section.splitlines()[2:] if line.startswith("| ")]  # below the header and rule
+    merged = [new.pop(recipe_of(line), line) for line in kept]
+    return merged + list(new.values())
+
+
+def write_section(readme: Path, rows: list[str]) -> str:
     content = readme.read_text()
     if BEGIN not in content or END not in content:
         fail(f"{readme}: no results section; it needs the two marker lines {BEGIN} and {END}")
     head, rest = content.split(BEGIN, 1)
-    readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
+    old, tail = rest.split(END, 1)
+    text = table(merge(old.strip() if old.strip().startswith(HEADER) else "", rows))
+    readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    return text
 
 
 def main() -> None:
@@ -118,11 +133,12 @@ def main() -> None:
     parser.add_argument("--images", type=Path, help="copy each run's last sample grid into this folder")
     args = parser.parse_args()
     relative_to = args.readme.parent if args.readme else Path.cwd()
-    text = table(args.run_dirs, args.images, relative_to)
-    print(text)
+    rows = [row(d, args.images, relative_to) for d in args.run_dirs]
     if args.readme:
-        replace_section(args.readme, text)
+        print(write_section(args.readme, rows))
         print(f"wrote {args.readme}")
+    else:
+        print(table(rows))
 
 
 if __name__ == "__main__":

@@ -70,6 +70,12 @@ def test_results_table_reports_what_the_runs_logged(tiny_runs, tmp_path):
     text = readme.read_text()
     assert "old table" not in text and text.startswith("# title") and text.endswith("text after\n")
     assert "| dit_run |" in text and "| toy_run |" in text
+    # one recipe rerun: its row is replaced, the other recipe's row stays where it was
+    dit_row = next(line for line in text.splitlines() if line.startswith("| dit_run |"))
+    readme.write_text(text.replace("| toy_run |", "| toy_run | stale"))
+    run_script("scripts/results_table.py", [str(tiny_runs / "toy"), "--readme", str(readme)], check=True)
+    rows = [line for line in readme.read_text().splitlines() if line.startswith(("| dit_run |", "| toy_run |"))]
+    assert rows[0] == dit_row and rows[1].startswith("| toy_run | Gaussian") and len(rows) == 2
 
 
 def test_results_table_refuses_an_unfinished_run_in_one_line(tmp_path):
