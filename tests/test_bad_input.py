@@ -37,6 +37,12 @@ TRAIN = {
                                        "callbacks.evaluate.num_samples=4 must be >= 8", slow=True),
     "steps negative": Case(["sampler.steps=-3"], "sampler: steps=-3 must be an integer >= 1"),
     "sigma_min above sigma_max": Case(["schedule.sigma_min=20"], "schedule: sigma_min=20", slow=True),
+    "unknown objective": Case(["parameterization.prediction=score"],
+                              "parameterization.prediction='score' must be one of ['eps', 'x0', 'v', 'flow', 'edm']"),
+    "sigma_data not positive": Case(["parameterization=edm", "parameterization.sigma_data=0"],
+                                    "parameterization.sigma_data=0 must be > 0", slow=True),
+    "solver order": Case(["sampler=dpmpp_2m", "sampler.order=3"],
+                         "sampler.order=3 is not supported: DPM-Solver++ here has order 1 or 2", slow=True),
     "cfg without conditioning": Case(["guidance=cfg"], "guidance=cfg needs a conditional model"),
     "batch beyond memory": Case(["data.batch_size=1000000000"], "this run needs at least … GiB … at "
                                 "data.batch_size=1000000000) but this machine has … GiB free; … memory_check=false"),

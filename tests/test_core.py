@@ -9,14 +9,15 @@ import torch
 from torch import nn
 
 from diffusion_lab.core import (ClassifierFreeGuidance, ClassifierGuidance, DDIMSampler, DDPMSampler, Denoiser,
-                                EulerSampler, GeneralizedSampler, Guidance, HeunSampler, PredV, PredX0, Scaled,
-                                ScheduleCosine, ScheduleDDPM, ScheduleKarras, ScheduleLDM, ScheduleLogLinear,
-                                ScheduleQuadratic, ScheduleSigmoid, ddpm_step, per_sample_generators, sample_ddim,
-                                sample_ddpm, sample_euler, sample_generalized, sample_heun, samples)
+                                DPMSolverSampler, EulerSampler, GeneralizedSampler, Guidance, HeunSampler,
+                                LogNormalSigma, PredV, PredX0, Scaled, ScheduleCosine, ScheduleDDPM, ScheduleFlow,
+                                ScheduleKarras, ScheduleLDM, ScheduleLogLinear, ScheduleQuadratic, ScheduleSigmoid,
+                                UniformFlowTime, ddpm_step, per_sample_generators, sample_ddim, sample_ddpm,
+                                sample_euler, sample_generalized, sample_heun, samples)
 from diffusion_lab.errors import ConfigError
 
 ALL_SCHEDULES = [ScheduleLogLinear(), ScheduleDDPM(), ScheduleLDM(), ScheduleSigmoid(), ScheduleCosine(),
-                 ScheduleQuadratic(), ScheduleKarras()]
+                 ScheduleQuadratic(), ScheduleKarras(), ScheduleFlow()]
 
 
 class LinearEps(nn.Module):
@@ -376,10 +377,12 @@ def test_diffusion_loss_draws_a_training_level_and_treats_a_bare_network_as_eps_
 def test_wrappers_schedules_samplers_and_guidance_pickle():
     objs = [PredX0(LinearEps()), PredV(LinearEps()), Scaled(LinearEps()), *ALL_SCHEDULES,
             GeneralizedSampler(20, 2.0, 0.0), DDIMSampler(50, 0.0, ScheduleLogLinear()), HeunSampler(10),
-            EulerSampler(5), ClassifierFreeGuidance(4.0, "uncond")]
+            EulerSampler(5), ClassifierFreeGuidance(4.0, "uncond"), DPMSolverSampler(10, sde=True),
+            Denoiser(LinearEps(), prediction="flow", train_sigmas=LogNormalSigma(0.0, 1.0)),
+            Denoiser(LinearEps(), prediction="edm", loss_weight="edm", train_sigmas=UniformFlowTime())]
     for o in objs:
         assert type(pickle.loads(pickle.dumps(o))) is type(o)
-    with pytest.raises(ValueError, match=r"^prediction='score' must be one of \['eps', 'x0', 'v'\]$"):
+    with pytest.raises(ValueError, match=r"^parameterization.prediction='score' must be one of \['eps', 'x0', 'v', 'flow', 'edm'\]$"):
         Denoiser(LinearEps(), prediction="score")
 
 

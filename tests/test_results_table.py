@@ -107,3 +107,25 @@ def test_memory_check_refuses_a_run_larger_than_the_free_memory(tmp_path, monkey
         check_memory(cfg, net)
     monkeypatch.setattr("diffusion_lab.app.train.available_memory", lambda accelerator: ("this machine", need + 1))
     check_memory(cfg, net)  # fits
+
+
+def test_nfe_report_tables_what_evaluate_wrote(tmp_path):
+    """scripts/nfe_report.py reads metrics.csv as evaluate.py writes it (evaluation.write_csv), matches grid points
+    to the NFE columns (Heun's 9 under 10), and writes its README section and plot."""
+    from diffusion_lab.evaluation import write_csv
+
+    floor = {"classifier_fd_floor": 6.5}
+    write_csv([{"steps": s, "gam": None, "cfg_scale": 0.5, "nfe": s, "classifier_fd": 100.0 / s, **floor}
+               for s in (5, 10, 20)], tmp_path / "dpm" / "metrics.csv")
+    write_csv([{"steps": s, "gam": None, "cfg_scale": 0.5, "nfe": 2 * s - 1, "classifier_fd": 50.0 / s, **floor}
+               for s in (3, 5)], tmp_path / "heun" / "metrics.csv")
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- nfe:demo:begin -->\nold\n<!-- nfe:demo:end -->\nb\n")
+    r = run_script("scripts/nfe_report.py", [f"DPM={tmp_path / 'dpm'}", f"Heun={tmp_path / 'heun'}", "--section",
+                                             "demo", "--readme", str(readme), "--plot", str(tmp_path / "p.png")],
+                   check=True)
+    assert "| DPM | 20 | 10 | 5 |  | 6.5 |" in r.stdout
+    assert "| Heun | 16.7 | 10 (9) |  |  | 6.5 |" in r.stdout
+    text = readme.read_text()
+    assert "old" not in text and "| DPM | 20 |" in text and text.startswith("a\n") and text.endswith("b\n")
+    assert (tmp_path / "p.png").stat().st_size > 0

@@ -168,3 +168,55 @@ class ScheduleKarras(Schedule):
         ramp = torch.linspace(0, 1, N, dtype=torch.float64)
         lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
         super().__init__((lo + ramp * (hi - lo)) ** rho)
+
+
+class ScheduleFlow(Schedule):
+    """Levels of the rectified-flow time t = sigma / (1 + sigma), evenly spaced in t from t_min to t_max and then
+    shifted, t -> shift t / (1 + (shift - 1) t) (Esser et al. 2024, sec. 5.3.2: shift > 1 spends more steps at high
+    noise). Euler steps on these levels are Euler steps of the flow ODE dz/dt = v in t, from t_max (t = 1 is
+    sigma = infinity, which a network conditioned on log sigma cannot see) down to t_min."""
+
+    def __init__(self, N: int = 1000, shift: float = 1.0, t_min: float = 0.001, t_max: float = 0.995):
+        _check_count(N)
+        if not 0 < t_min < t_max < 1:
+            raise ConfigError(f"t_min={t_min} and t_max={t_max} must satisfy 0 < t_min < t_max < 1")
+        if not shift > 0:
+            raise ConfigError(f"shift={shift} must be > 0")
+        t = torch.linspace(t_min, t_max, N, dtype=torch.float64)
+        t = shift * t / (1 + (shift - 1) * t)
+        super().__init__(t / (1 - t))
+
+
+class LogNormalSigma:
+    """Training levels with log sigma ~ N(mean, std^2): EDM's (mean -1.2, std 1.2; Karras et al. 2022, table 1) and,
+    since log sigma = logit t for t = sigma / (1 + sigma), flow matching's logit-normal t (mean 0, std 1; Esser
+    et al. 2024, eq. 19). A training-level distribution for `Denoiser(train_sigmas=...)`, not a sampling schedule."""
+
+    def __init__(self, mean: float = -1.2, std: float = 1.2):
+        if not std > 0:
+            raise ConfigError(f"std={std} must be > 0")
+        self.mean, self.std = mean, std
+
+    def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """n levels (n,) on `device` (where `generator` lives, when given)."""
+        return (self.mean + self.std * torch.randn(n, generator=generator, device=device)).exp()
+
+    def __repr__(self) -> str:
+        return f"LogNormalSigma(mean={self.mean}, std={self.std})"
+
+
+class UniformFlowTime:
+    """Training levels sigma = t / (1 - t) with flow time t ~ U(t_min, 1 - t_min) (rectified flow, Liu et al. 2023);
+    t_min keeps sigma finite and positive."""
+
+    def __init__(self, t_min: float = 1e-4):
+        if not 0 < t_min < 0.5:
+            raise ConfigError(f"t_min={t_min} must be in (0, 0.5)")
+        self.t_min = t_min
+
+    def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        t = self.t_min + (1 - 2 * self.t_min) * torch.rand(n, generator=generator, device=device)  # (n,)
+        return t / (1 - t)
+
+    def __repr__(self) -> str:
+        return f"UniformFlowTime(t_min={self.t_min})"

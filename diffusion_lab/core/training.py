@@ -20,12 +20,14 @@ def training_noise(x0: torch.Tensor, schedule: Schedule,
 
 def diffusion_loss(model: nn.Module, x0: torch.Tensor, schedule: Schedule, cond: torch.Tensor | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """`Denoiser.loss` at random training levels and noise (Ho et al. 2020, eq. 14).
+    """`Denoiser.loss` at random training levels (the denoiser's `train_sigmas`, else the schedule's) and noise
+    (Ho et al. 2020, eq. 14).
 
     A network that is not a `Denoiser` is an eps-predictor: it is wrapped in `Denoiser(model)`.
     """
     denoiser = model if isinstance(model, Denoiser) else Denoiser(model)
-    sigma, eps = training_noise(x0, schedule, generator)
+    sigma = denoiser.training_sigmas(x0, schedule, generator)  # (B,)
+    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # (B, ...)
     return denoiser.loss(x0, sigma, eps, cond)
 
 
