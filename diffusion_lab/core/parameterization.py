@@ -54,16 +54,6 @@ def flow_to_eps(x: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor) ->
     return (x + velocity) / (1 + append_dims(sigma, x))
 
 
-def t_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
-    """Flow time t = sigma / (1 + sigma): x / (1 + sigma) = (1 - t) x0 + t eps."""
-    return sigma / (1 + sigma)
-
-
-def sigma_from_t(t: torch.Tensor) -> torch.Tensor:
-    """sigma = t / (1 - t), the inverse of `t_from_sigma` (infinite at t = 1)."""
-    return t / (1 - t)
-
-
 def edm_coefficients(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(c_skip, c_out) of Karras et al. 2022, table 1: D(x) = c_skip x + c_out F."""
     c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
@@ -159,32 +149,30 @@ class Denoiser(nn.Module):
         if self.prediction == "flow":
             return (1 + sigma) ** 2 / s2
         if self.prediction == "edm":
-            return (s2 + self.sigma_data**2) / (s2 * self.sigma_data**2)
+            return self.edm_weight(sigma)
         return torch.ones_like(sigma)
+
+    def edm_weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        """EDM's weight of x0 errors, (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 = 1 / c_out^2."""
+        return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
 
     def weight(self, sigma: torch.Tensor) -> torch.Tensor:
         """The per-example factor of the raw MSE that weights x0 errors as `loss_weight` says."""
         if self.loss_weight == "min_snr":
             return (1 / sigma**2).clamp(max=self.snr_gamma) / self.x0_error_scale(sigma)
         if self.loss_weight == "edm":
-            return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2 / self.x0_error_scale(sigma)
+            return self.edm_weight(sigma) / self.x0_error_scale(sigma)
         return torch.ones_like(sigma)
-
-    def training_sigmas(self, x0: torch.Tensor, schedule, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One training level per example of x0 (B,): drawn from `train_sigmas` when set, else from the schedule."""
-        if self.train_sigmas is None:
-            return schedule.sample_batch(x0, generator)
-        return self.train_sigmas.sample(x0.shape[0], generator, x0.device).to(x0.dtype)
 
     def loss(self, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor,
              cond: torch.Tensor | None = None) -> torch.Tensor:
         """MSE of `raw` at x = x0 + sigma eps against its target, weighted by `weight` (Ho et al. 2020, eq. 14;
         Salimans & Ho 2022; Karras et al. 2022, eq. 8; Hang et al. 2023)."""
         x = x0 + append_dims(sigma, x0) * eps  # (B, ...)
-        error = self.raw(x, sigma, cond) - self.target(x0, eps, sigma)
+        raw, target = self.raw(x, sigma, cond), self.target(x0, eps, sigma)
         if self.loss_weight == "uniform":
-            return F.mse_loss(error, torch.zeros_like(error))
-        return (self.weight(sigma) * error.pow(2).flatten(1).mean(1)).mean()
+            return F.mse_loss(raw, target)
+        return (self.weight(sigma) * (raw - target).pow(2).flatten(1).mean(1)).mean()
 
     # The samplers and the framework read these from any denoiser; pass them through.
     @property

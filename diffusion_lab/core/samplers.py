@@ -9,7 +9,6 @@ batch it was drawn in. Each runs the model in eval mode (no dropout or label dro
 its mode afterwards. The `Sampler` classes are their configs: settings, a step count and a schedule.
 """
 import functools
-import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -53,11 +52,6 @@ def _check_generalized(gam: float, mu: float) -> None:
 def _check_eta(eta: float) -> None:
     if eta < 0:
         raise ConfigError(f"eta={eta} must be >= 0")
-
-
-def _check_order(order: int) -> None:
-    if order not in (1, 2):
-        raise ConfigError(f"sampler.order={order!r} is not supported: DPM-Solver++ here has order 1 or 2")
 
 
 def _in_eval_mode(sampler: Callable[..., Iterator[torch.Tensor]]) -> Callable[..., Iterator[torch.Tensor]]:
@@ -226,45 +220,6 @@ def sample_heun(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | No
         yield xt
 
 
-@torch.no_grad()
-@_in_eval_mode
-def sample_dpmpp_2m(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
-                    cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
-                    order: int = 2, sde: bool = False) -> Iterator[torch.Tensor]:
-    """DPM-Solver++(2M) (Lu et al. 2022, alg. 2, midpoint form), or with sde=True its SDE variant (2M-SDE); order=1
-    is DPM-Solver++(1), which is DDIM (or its SDE counterpart).
-
-    Multistep on the denoised x0 in lambda = -log(sigma), h = log(sigma / sigma_next): the ODE step is
-    x' = (sigma'/sigma) x + (1 - sigma'/sigma) D, the SDE step x' = (sigma'/sigma)^2 x + (1 - (sigma'/sigma)^2) D +
-    sigma' sqrt(1 - (sigma'/sigma)^2) noise, with D = x0 on the first step and on a step to sigma' = 0, else
-    D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev, r = h_prev / h. As diffusers' DPMSolverMultistepScheduler
-    (algorithm_type "dpmsolver++" / "sde-dpmsolver++", solver_type "midpoint") with the same levels.
-    """
-    _check_order(order)
-    sigmas, xt, guide = _setup(model, sigmas, xt, batch_size, cond, guidance, generator)
-    levels = sigmas.tolist()
-    x0_prev, h_prev = None, None
-    for sig, sig_next in zip(levels[:-1], levels[1:]):
-        x0 = xt - sig * guide(model, xt, sig, cond)  # (B, ...)
-        if sig_next == 0:
-            xt = x0
-        else:
-            h = math.log(sig / sig_next)
-            d = x0
-            if order == 2 and x0_prev is not None:
-                r = h_prev / h
-                d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
-            ratio = sig_next / sig
-            if sde:
-                noise = randn(xt.shape, generator, xt.device, xt.dtype)
-                xt = ratio**2 * xt + (1 - ratio**2) * d + sig_next * (1 - ratio**2) ** 0.5 * noise
-            else:
-                xt = ratio * xt + (1 - ratio) * d
-            h_prev = h
-        x0_prev = x0
-        yield xt
-
-
 class Sampler:
     """A sampler as a config object: a step count, an optional sampling schedule and the method's settings.
 
@@ -354,18 +309,3 @@ class HeunSampler(EulerSampler):
 
     method = staticmethod(sample_heun)
     nfe_per_step = 2
-
-
-class DPMSolverSampler(Sampler):
-    """`sample_dpmpp_2m`: DPM-Solver++(2M) (order 2) or (1), or their SDE variants with sde=True; one evaluation
-    per step."""
-
-    method = staticmethod(sample_dpmpp_2m)
-
-    def __init__(self, steps: int = 20, order: int = 2, sde: bool = False, schedule: Schedule | None = None):
-        super().__init__(steps, schedule)
-        _check_order(order)
-        self.order, self.sde = order, sde
-
-    def settings(self) -> dict:
-        return {"order": self.order, "sde": self.sde}

@@ -22,6 +22,16 @@ def alpha_bar_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
     return 1 / (1 + sigma**2)
 
 
+def t_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
+    """Flow time t = sigma / (1 + sigma): x / (1 + sigma) = (1 - t) x0 + t eps."""
+    return sigma / (1 + sigma)
+
+
+def sigma_from_t(t: torch.Tensor) -> torch.Tensor:
+    """sigma = t / (1 - t), the inverse of `t_from_sigma` (infinite at t = 1)."""
+    return t / (1 - t)
+
+
 def _check_count(N: int) -> None:
     if not isinstance(N, int) or N < 1:
         raise ConfigError(f"N={N!r} must be an integer >= 1")
@@ -183,8 +193,7 @@ class ScheduleFlow(Schedule):
         if not shift > 0:
             raise ConfigError(f"shift={shift} must be > 0")
         t = torch.linspace(t_min, t_max, N, dtype=torch.float64)
-        t = shift * t / (1 + (shift - 1) * t)
-        super().__init__(t / (1 - t))
+        super().__init__(sigma_from_t(shift * t / (1 + (shift - 1) * t)))
 
 
 class LogNormalSigma:
@@ -215,8 +224,7 @@ class UniformFlowTime:
         self.t_min = t_min
 
     def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        t = self.t_min + (1 - 2 * self.t_min) * torch.rand(n, generator=generator, device=device)  # (n,)
-        return t / (1 - t)
+        return sigma_from_t(self.t_min + (1 - 2 * self.t_min) * torch.rand(n, generator=generator, device=device))
 
     def __repr__(self) -> str:
         return f"UniformFlowTime(t_min={self.t_min})"

@@ -10,10 +10,14 @@ from diffusion_lab.core.schedules import Schedule
 from diffusion_lab.utils import module_device, split_batch
 
 
-def training_noise(x0: torch.Tensor, schedule: Schedule,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sigma (B,), eps like x0): a uniformly drawn training level per example and the noise of x = x0 + sigma eps."""
-    sigma = schedule.sample_batch(x0, generator)  # (B,)
+def training_noise(x0: torch.Tensor, schedule: Schedule, generator: torch.Generator | None = None,
+                   train_sigmas=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma (B,), eps like x0): a training level per example, drawn from `train_sigmas` (`sample(n, generator,
+    device)`) when given, else uniformly from the schedule's levels, and the noise of x = x0 + sigma eps."""
+    if train_sigmas is None:
+        sigma = schedule.sample_batch(x0, generator)  # (B,)
+    else:
+        sigma = train_sigmas.sample(x0.shape[0], generator, x0.device).to(x0.dtype)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # (B, ...)
     return sigma, eps
 
@@ -26,8 +30,7 @@ def diffusion_loss(model: nn.Module, x0: torch.Tensor, schedule: Schedule, cond:
     A network that is not a `Denoiser` is an eps-predictor: it is wrapped in `Denoiser(model)`.
     """
     denoiser = model if isinstance(model, Denoiser) else Denoiser(model)
-    sigma = denoiser.training_sigmas(x0, schedule, generator)  # (B,)
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # (B, ...)
+    sigma, eps = training_noise(x0, schedule, generator, denoiser.train_sigmas)
     return denoiser.loss(x0, sigma, eps, cond)
 
 
