@@ -4,6 +4,7 @@
     out = generate(setup, 1000, batch_size=250, seed=0)             # out.x: (1000, *input_dims)
     part = generate(setup, 1000, seed=0, rank=1, world_size=4)      # samples 1, 5, 9, ... of the same 1000
 """
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ class SamplingSetup:
 
     decode maps the sampler's output to data (a latent model's VAE decoder); None keeps it as is.
     Labels are drawn when the model is conditional or a classifier guides (ClassifierGuidance).
+    autocast: the dtype the model's forward passes run in under torch.autocast (bfloat16 for a run trained in
+    bf16-mixed precision; see autocast_dtype); None runs them in the weights' dtype. The sampler's state stays float32.
     """
 
     model: nn.Module
@@ -29,6 +32,13 @@ class SamplingSetup:
     sampler: Sampler
     guidance: Guidance
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    autocast: torch.dtype | None = None
+
+    def precision(self) -> contextlib.AbstractContextManager:
+        """The autocast region sampling runs in (a no-op without `autocast`)."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(module_device(self.model).type, dtype=self.autocast)
 
     @property
     def nfe(self) -> int:
@@ -53,6 +63,15 @@ class Samples:
     x: torch.Tensor
     labels: torch.Tensor | None
     indices: torch.Tensor
+
+
+MIXED_PRECISION = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def autocast_dtype(precision: str | int | None) -> torch.dtype | None:
+    """The autocast dtype of a Lightning precision setting: bfloat16 for bf16-mixed, float16 for 16-mixed, None for
+    full or true precision (the weights' own dtype)."""
+    return MIXED_PRECISION.get(str(precision))
 
 
 def shard(num_samples: int, rank: int = 0, world_size: int = 1) -> list[int]:
@@ -111,8 +130,10 @@ def generate(setup: SamplingSetup, num_samples: int, batch_size: int = 64, seed:
     out, start = [], 0
     for idx in batches:
         c = None if cond is None else cond[start:start + len(idx)]
-        *_, x = denoise_batch(setup, (seed + idx).tolist(), c)  # only the last x_t is kept
-        out.append((x if setup.decode is None else setup.decode(x)).cpu())
+        with setup.precision():
+            *_, x = denoise_batch(setup, (seed + idx).tolist(), c)  # only the last x_t is kept
+            x = x if setup.decode is None else setup.decode(x)
+        out.append(x.float().cpu())
         start += len(idx)
     return Samples(x=torch.cat(out), labels=cond, indices=indices)
 
@@ -125,10 +146,11 @@ def trajectory(setup: SamplingSetup, num: int = 8, seed: int = 0, labels: Sequen
     With setup.decode each kept frame is decoded (a latent model's path shown as images).
     """
     indices = list(range(num))
-    frames = list(denoise_batch(setup, [seed + i for i in indices], labels_for(indices, setup.num_classes, labels)))
-    keep = sorted({round(i * (len(frames) - 1) / max(max_frames - 1, 1)) for i in range(max_frames)})
-    decode = setup.decode or (lambda x: x)
-    return [decode(frames[i]).cpu() for i in keep if i < len(frames)]
+    with setup.precision():
+        frames = list(denoise_batch(setup, [seed + i for i in indices], labels_for(indices, setup.num_classes, labels)))
+        keep = sorted({round(i * (len(frames) - 1) / max(max_frames - 1, 1)) for i in range(max_frames)})
+        decode = setup.decode or (lambda x: x)
+        return [decode(frames[i]).float().cpu() for i in keep if i < len(frames)]
 
 
 def gather(part: Samples) -> Samples:

@@ -103,6 +103,8 @@ SAMPLE = {
                                "{corrupt}: cannot read the file, it is truncated"),
     "checkpoint of another model": Case(["ckpt={other}", "progress=false"], "{other}: weights do not fit TimeInputMLP",
                                         slow=True),
+    "unknown precision": Case(["ckpt={toy}", "progress=false", "precision=fp8"],
+                              "precision='fp8' must be one of ['auto', '32-true', 'bf16-mixed', '16-mixed']"),
     "cfg_scale on unconditional": Case(["ckpt={toy}", "progress=false", "cfg_scale=2"],
                                        "cfg_scale=2: the checkpoint's model is unconditional"),
     "labels outside classes": Case(["ckpt={cond}", "progress=false", "labels=[3,10]"],

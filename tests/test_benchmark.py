@@ -9,9 +9,12 @@ import pytest
 from tests.helpers import run_script
 
 RUN_FIELDS = {"step_ms", "cpu_ms", "samples_per_s", "peak_memory_mib", "host_reads_per_step"}
-WORKLOAD_FIELDS = {"batch", "steps", "warmup", "params", "flops_per_step", "framework", "plain", "framework_runs",
-                   "plain_runs", "ratio", "cpu_ratio", "overhead_ms", "mfu", "sampling", "sampling_cfg", "options"}
-SAMPLING_FIELDS = {"samples_per_s", "batch", "steps", "sampler", "forwards_per_step", "host_reads_per_step"}
+WORKLOAD_FIELDS = {"batch", "steps", "warmup", "rounds", "params", "flops_per_step", "framework", "plain", "fast",
+                   "training", "ratio", "fast_speedup", "cpu_ratio", "overhead_ms", "mfu", "sampling", "sampling_cfg",
+                   "noise", "options"}
+SAMPLING_FIELDS = {"framework", "fast", "fast_speedup", "batch", "steps", "sampler", "forwards_per_step",
+                   "host_reads_per_step"}
+SPREAD_FIELDS = {"median", "min", "max", "n", "half_range"}
 
 
 @pytest.mark.slow
@@ -23,8 +26,12 @@ def test_smoke_benchmark_quick_writes_json_and_markdown(tmp_path):
     assert set(toy) >= WORKLOAD_FIELDS
     assert set(toy["framework"]) >= RUN_FIELDS and set(toy["plain"]) >= RUN_FIELDS | {"ema"}
     assert set(toy["sampling"]) >= SAMPLING_FIELDS and toy["sampling"]["steps"] == 20
+    assert toy["rounds"] == 2 and all(set(toy["training"][k]) >= SPREAD_FIELDS for k in ("framework", "plain", "fast"))
+    assert toy["training"]["framework"]["n"] == 2 and toy["ratio"]["min"] <= toy["ratio"]["median"] <= toy["ratio"]["max"]
+    assert set(toy["noise"]) == {"run_sampler", "ddpm_noise"} and toy["noise"]["ddpm_noise"]["batch"] == 1024
     assert toy["flops_per_step"] > 0 and toy["framework"]["samples_per_s"] > 0 and toy["plain"]["ema"]
     assert toy["sampling"]["forwards_per_step"] == 1  # one denoiser call per step of the generalized sampler
     assert set(toy["options"]["fused_adamw"]) >= RUN_FIELDS | {"relative", "mfu"}
     table = (tmp_path / "benchmark.md").read_text()
-    assert "| workload | batch |" in table and "\n| toy | 2048 |" in table and "| fused_adamw |" in table
+    assert "| workload | batch |" in table and "\n| toy | 2048 | 10 x 2 |" in table and "| fused_adamw |" in table
+    assert "| toy, ddpm noise | GeneralizedSampler, 5 | 1024 |" in table

@@ -139,7 +139,7 @@ def test_generalized_sampler_with_mu_half_is_the_ddpm_posterior_step():
     model, sched = LinearEps(), ScheduleDDPM(1000)
     sig, x = sched.sample_sigmas(10)[:2], torch.randn(4, 3)
     got = next(samples(model, sig, gam=1, mu=0.5, xt=x, generator=per_sample_generators(range(4))))
-    z = torch.stack([torch.randn(3, generator=g) for g in per_sample_generators(range(4))])
+    z = per_sample_generators(range(4)).randn((4, 3))
     # q(x_{t-1} | x_t, x0) of Ho et al. 2020 eq. 7, with x0 predicted from eps, in the VP frame.
     s_t, s_p = sig.double()
     ab_t, ab_p = 1 / (1 + s_t**2), 1 / (1 + s_p**2)

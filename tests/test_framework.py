@@ -80,6 +80,32 @@ def test_default_training_lowers_loss_and_writes_checkpoint_config_and_samples(c
     assert [int(r["step"]) for r in lr_rows] == list(range(4, 200, 5))  # LearningRateMonitor writes rows of its own
 
 
+@pytest.mark.parametrize("avx512_bf16,amx,accelerator,expected", [
+    (False, False, "cpu", "32-true"), (True, False, "cpu", "bf16-mixed"), (False, True, "auto", "bf16-mixed"),
+    (True, True, "mps", "32-true")])
+def test_speed_fast_picks_bf16_only_where_the_device_computes_it_natively(compose_cfg, monkeypatch, avx512_bf16, amx,
+                                                                          accelerator, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cfg = compose_cfg(["speed=fast", f"trainer.accelerator={accelerator}"])
+    assert cfg.trainer.precision == expected
+    assert cfg.optimizer.fused is True and cfg.matmul_precision == "high" and cfg.compile is False
+    assert compose_cfg([]).trainer.precision == "32-true"  # the default run is untouched
+
+
+def test_bf16_run_trains_with_fused_adamw_and_samples_in_bf16_from_its_checkpoint(compose_cfg, tmp_path):
+    from diffusion_lab.app.loading import load_run, sampling_setup
+
+    train(compose_cfg([*FAST, "speed=fast", "trainer.precision=bf16-mixed", "trainer.max_steps=10",
+                       "data.batch_size=64", "model.hidden_dims=[16,32,16]"]))
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 10 and ckpt["config"]["optimizer"]["fused"] is True
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["fused"] is True
+    assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values())  # autocast: weights stay fp32
+    assert sampling_setup(load_run(tmp_path / "checkpoints" / "last.ckpt")).autocast is torch.bfloat16
+
+
 @pytest.mark.parametrize("extra", [[], ["lr_scheduler=cosine", "lr_scheduler.total_steps=16", "lr_scheduler.warmup_steps=4",
                                      "trainer.accumulate_grad_batches=2"]],
                          ids=["plain", "cosine-accumulate2"])

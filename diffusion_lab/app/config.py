@@ -75,7 +75,8 @@ def _sweep_name() -> str | None:
 
 def register_resolvers() -> None:
     """`${if:${conditional},${data.num_classes},0}` picks by a boolean; `${floordiv:a,b}` is a // b;
-    `${run_id:dir}`, `${run_name:task,dir}` and `${sweep_name:}` identify a run (see each function)."""
+    `${run_id:dir}`, `${run_name:task,dir}` and `${sweep_name:}` identify a run (see each function);
+    `${fast_precision:${trainer.accelerator}}` is speed=fast's precision for the device."""
     if not OmegaConf.has_resolver("if"):
         OmegaConf.register_new_resolver("if", _if)
     if not OmegaConf.has_resolver("run_id"):
@@ -86,6 +87,15 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("sweep_name", _sweep_name)
     if not OmegaConf.has_resolver("floordiv"):
         OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b))
+    if not OmegaConf.has_resolver("fast_precision"):
+        OmegaConf.register_new_resolver("fast_precision", _fast_precision)
+
+
+def _fast_precision(accelerator: str) -> str:
+    """speed=fast's trainer.precision: bf16-mixed where the accelerator has native bf16, else 32-true."""
+    from diffusion_lab.utils import native_bf16
+
+    return "bf16-mixed" if native_bf16(str(accelerator)) else "32-true"
 
 
 register_resolvers()

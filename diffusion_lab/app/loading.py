@@ -19,7 +19,7 @@ from torch import nn
 from diffusion_lab.core import ClassifierFreeGuidance, ClassifierGuidance, Guidance
 from diffusion_lab.errors import CheckpointError, ConfigError
 from diffusion_lab.models.weights import has_ema, load_weights, model_state, part_state, read_checkpoint
-from diffusion_lab.sampling import SamplingSetup
+from diffusion_lab.sampling import SamplingSetup, autocast_dtype
 
 SAMPLER_SHORTCUTS = ("steps", "gam", "mu", "eta")
 CFG_TARGET = "diffusion_lab.core.ClassifierFreeGuidance"
@@ -162,14 +162,16 @@ def classifier_guidance(run: Run, base: Guidance, scale: float | None) -> Guidan
 
 
 def sampling_setup(run: Run, sampler: dict | None = None, schedule: dict | None = None, guidance: dict | None = None,
-                   cfg_scale: float | None = None, classifier_scale: float | None = None,
+                   cfg_scale: float | None = None, classifier_scale: float | None = None, precision: str = "auto",
                    **shortcuts) -> SamplingSetup:
     """The checkpoint's schedule, sampler and guidance, each replaced by the given config when not None.
 
     shortcuts (steps, gam, mu, eta) set single settings of the sampler; cfg_scale sets the
     classifier-free guidance scale (turning guidance on for a conditional model); classifier_scale > 0
     adds classifier guidance by a latent run's classifier on top (labels 0..K-1 then, even for an
-    unconditional denoiser). A latent run's setup decodes the sampled latents to images.
+    unconditional denoiser). A latent run's setup decodes the sampled latents to images. precision: `auto` samples
+    in the run's training precision (bf16 autocast after bf16-mixed training), or a Lightning precision setting
+    (32-true, bf16-mixed, 16-mixed).
     """
     unknown = set(shortcuts) - set(SAMPLER_SHORTCUTS)
     if unknown:
@@ -180,7 +182,19 @@ def sampling_setup(run: Run, sampler: dict | None = None, schedule: dict | None 
     return SamplingSetup(model=run.model, schedule=instantiate(schedule or cfg["schedule"]),
                          sampler=instantiate(sampler_config(sampler or cfg["sampler"], **shortcuts)),
                          guidance=classifier_guidance(run, guide, classifier_scale),
-                         decode=None if run.vae is None else run.decode)
+                         decode=None if run.vae is None else run.decode, autocast=sampling_precision(run, precision))
+
+
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+
+
+def sampling_precision(run: Run, precision: str) -> torch.dtype | None:
+    """The autocast dtype of sampling: `auto` is the run's training precision (trainer.precision of its config)."""
+    if str(precision) not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r} must be one of {list(PRECISIONS)}")
+    if precision == "auto":
+        precision = run.config.get("trainer", {}).get("precision")
+    return autocast_dtype(precision)
 
 
 def build_dataset(config: dict):
@@ -198,7 +212,8 @@ def setup_overrides(cfg) -> dict:
 
     shortcuts = {k: cfg.get(k) for k in SAMPLER_SHORTCUTS}
     return dict(sampler=group("sampler"), schedule=group("schedule"), guidance=group("guidance"),
-                cfg_scale=cfg.get("cfg_scale"), classifier_scale=cfg.get("classifier_scale"), **shortcuts)
+                cfg_scale=cfg.get("cfg_scale"), classifier_scale=cfg.get("classifier_scale"),
+                precision=cfg.get("precision", "auto"), **shortcuts)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -4,7 +4,7 @@ Every sampler is `sample_*(model, sigmas, *, xt=None, batch_size=1, cond=None, g
 <its own settings>)`, as in k-diffusion; `samples` keeps smalldiffusion's positional signature. All work in the
 frame x = x0 + sigma * eps and take the decreasing noise levels `sigmas` to visit (from
 `Schedule.sample_sigmas(steps)`), so any sampler runs with any schedule. Noise comes from `generator`: one
-torch.Generator for the batch, or a list of them, one per sample, which makes every sample independent of the
+torch.Generator for the batch, or NoiseStreams, one stream per sample, which makes every sample independent of the
 batch it was drawn in. Each runs the model in eval mode (no dropout or label dropout) and gives every module back
 its mode afterwards. The `Sampler` classes are their configs: settings, a step count and a schedule.
 """
@@ -15,26 +15,24 @@ import torch
 from torch import nn
 
 from diffusion_lab.core.guidance import ClassifierFreeGuidance, Guidance
+from diffusion_lab.core.noise import NoiseStreams
 from diffusion_lab.core.schedules import Schedule
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.utils import module_device
 
-Generators = torch.Generator | Sequence[torch.Generator] | None
+Generators = torch.Generator | NoiseStreams | None
 
 
 def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype=None) -> torch.Tensor:
-    """Standard normal noise of `shape`; with a list of generators, row i comes from generator i."""
-    if isinstance(generator, Sequence):
-        if len(generator) != shape[0]:
-            raise ConfigError(f"generator holds {len(generator)} generators for a batch of {shape[0]}: need one each")
-        rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
-        return torch.stack(rows).to(device)
+    """Standard normal noise of `shape`; with NoiseStreams, row i comes from stream i."""
+    if isinstance(generator, NoiseStreams):
+        return generator.randn(shape, dtype).to(device)
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
 
 
-def per_sample_generators(seeds: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
-    """One generator per sample, seeded with that sample's seed."""
-    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+def per_sample_generators(seeds: Sequence[int], device: str | torch.device = "cpu") -> NoiseStreams:
+    """One noise stream per sample, seeded with that sample's seed."""
+    return NoiseStreams(seeds, device)
 
 
 def _check_steps(steps: int) -> None:
@@ -74,7 +72,7 @@ def _setup(model, sigmas, xt, batch_size, cond, guidance, generator):
     sigmas = torch.as_tensor(sigmas)
     if sigmas.ndim != 1 or len(sigmas) < 2:
         raise ConfigError(f"sigmas has shape {tuple(sigmas.shape)}: need a 1-D tensor of at least 2 levels")
-    if isinstance(generator, Sequence):
+    if isinstance(generator, NoiseStreams):
         batch_size = len(generator)
     if xt is None:
         xt = randn((batch_size, *model.input_dims), generator, module_device(model)) * sigmas[0].item()

@@ -9,7 +9,7 @@ from torch import nn
 
 from diffusion_lab.core import Guidance, Sampler, Schedule, diffusion_loss
 from diffusion_lab.errors import ConfigError, NonFiniteError
-from diffusion_lab.sampling import SamplingSetup, generate, labels_for
+from diffusion_lab.sampling import SamplingSetup, autocast_dtype, generate, labels_for
 from diffusion_lab.utils import split_batch
 
 log = logging.getLogger(__name__)
@@ -149,8 +149,10 @@ class DiffusionModule(L.LightningModule):
         return True
 
     def sampling_setup(self) -> SamplingSetup:
-        """What the samplers need: the model, schedule, sampler and guidance of this run."""
-        return SamplingSetup(self.model, self.schedule, self.sampler, self.guidance)
+        """What the samplers need: the model, schedule, sampler and guidance of this run, and the trainer's mixed
+        precision (bf16-mixed training samples under bf16 autocast too; Lightning's autocast covers only the steps)."""
+        precision = self._trainer.precision if self._trainer is not None else None
+        return SamplingSetup(self.model, self.schedule, self.sampler, self.guidance, autocast=autocast_dtype(precision))
 
     def sample_labels(self, n: int) -> torch.Tensor | None:
         """Labels 0, 1, ..., K-1, 0, 1, ... so that an image grid is ordered by class (None: unconditional)."""

@@ -1,6 +1,7 @@
 """Timers of the benchmark (`python scripts/benchmark.py`): step windows, host-read counts, peak memory, matmul peak."""
 import cProfile
 import pstats
+import statistics
 import time
 from pathlib import Path
 
@@ -113,9 +114,17 @@ class StepTimer(Callback):
             raise WindowClosed(self)
 
 
-def fastest(runs: list[dict]) -> dict:
-    """The run of the most samples/s: load from other processes only ever slows a run down."""
-    return max(runs, key=lambda r: r["samples_per_s"])
+def spread(values: list[float]) -> dict:
+    """Median, minimum and maximum of repeated measurements, and the half range relative to the median (the
+    resolution: two medians closer than it are not told apart)."""
+    median = statistics.median(values)
+    return dict(median=median, min=min(values), max=max(values), n=len(values),
+                half_range=(max(values) - min(values)) / 2 / median if median else None)
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of the median samples/s (the lower middle one of an even count), with its other figures."""
+    return sorted(runs, key=lambda r: r["samples_per_s"])[(len(runs) - 1) // 2]
 
 
 def peak_matmul(device: torch.device, dtype: torch.dtype, n: int) -> float | None:

@@ -27,32 +27,52 @@ def fmt(x, spec: str = ".3g") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def rng(sp: dict, spec: str = ".3g") -> str:
+    """A spread as `median (min-max)`."""
+    return f"{fmt(sp['median'], spec)} ({fmt(sp['min'], spec)}-{fmt(sp['max'], spec)})"
+
+
 def training_table(m: dict, w: dict) -> list[str]:
-    """The machine line and one row per workload: framework against plain loop."""
-    peaks = ", ".join(f"{k} {fmt(v)} TFLOP/s" for k, v in m["peak_matmul_tflops"].items())
+    """The machine line and one row per workload: framework against plain loop, and the speed preset against both."""
+    peaks = ", ".join(f"{k} {fmt(v)} TFLOP/s" if v else f"{k} not native (emulated; not measured)"
+                      for k, v in m["peak_matmul_tflops"].items())
     lines = [f"{m['device']} ({m['cores']} cores, torch threads {m['threads']}); torch {m['torch']}, lightning "
-             f"{m['lightning']}; peak matmul measured in this run: {peaks}.", "",
-             "| workload | batch | timed steps | framework samples/s | plain samples/s | framework / plain | same, by CPU time "
-             "| overhead ms/step | sampling samples/s (20 steps) | peak memory MiB (fw / plain) | MFU "
+             f"{m['lightning']}; peak matmul measured in this run: {peaks}. Each figure: median (min-max) over the "
+             "rounds; a round times the framework, the plain loop and speed=fast in turn.", "",
+             "| workload | batch | steps x rounds | framework samples/s | plain samples/s | framework / plain "
+             "| speed=fast samples/s | fast / framework | overhead ms/step | peak memory MiB (fw / plain / fast) | MFU "
              "| host reads/step (fw / plain) | plain loop has EMA |", "|---" * 13 + "|"]
     for name, r in w.items():
-        fw, pl = r["framework"], r["plain"]
-        lines.append(f"| {name} | {r['batch']} | {r['steps']} | {fmt(fw['samples_per_s'])} | {fmt(pl['samples_per_s'])} "
-                     f"| {r['ratio']:.3f} | {r['cpu_ratio']:.3f} | {r['overhead_ms']:.2f} "
-                     f"| {fmt(r['sampling']['samples_per_s'])} | {fw['peak_memory_mib']:.0f} / {pl['peak_memory_mib']:.0f} "
-                     f"| {fmt(r['mfu'], '.1%')} | {fw['host_reads_per_step']} / {pl['host_reads_per_step']} "
-                     f"| {'yes' if pl['ema'] else 'no (nor has the run)'} |")
+        t, fw, pl, fast = r["training"], r["framework"], r["plain"], r["fast"]
+        lines.append(f"| {name} | {r['batch']} | {r['steps']} x {r['rounds']} | {rng(t['framework'])} | {rng(t['plain'])} "
+                     f"| {rng(r['ratio'], '.3f')} | {rng(t['fast'])} | {rng(r['fast_speedup'], '.2f')} "
+                     f"| {r['overhead_ms']:.2f} | {fw['peak_memory_mib']:.0f} / {pl['peak_memory_mib']:.0f} / "
+                     f"{fast['peak_memory_mib']:.0f} | {fmt(r['mfu'], '.1%')} | {fw['host_reads_per_step']} / "
+                     f"{pl['host_reads_per_step']} | {'yes' if pl['ema'] else 'no (nor has the run)'} |")
     return lines
 
 
 def sampling_table(w: dict) -> list[str]:
-    """Sampler, forwards and host reads per step, without and with classifier-free guidance."""
-    lines = ["| sampling | sampler | batch | forwards/step | host reads/step | with CFG: forwards/step "
-             "| with CFG: host reads/step |", "|---" * 7 + "|"]
+    """Sampling speed of the default run and the preset; forwards and host reads per step, without and with CFG."""
+    lines = ["| sampling | sampler, steps | batch | samples/s | speed=fast samples/s | fast / default | forwards/step "
+             "| host reads/step | with CFG: forwards/step | with CFG: host reads/step |", "|---" * 10 + "|"]
     for name, r in w.items():
         s, c = r["sampling"], r["sampling_cfg"] or {}
-        lines.append(f"| {name} | {s['sampler']} | {s['batch']} | {s['forwards_per_step']:g} | {s['host_reads_per_step']:g} "
+        lines.append(f"| {name} | {s['sampler']}, {s['steps']} | {s['batch']} | {rng(s['framework'])} | {rng(s['fast'])} "
+                     f"| {rng(s['fast_speedup'], '.2f')} | {s['forwards_per_step']:g} | {s['host_reads_per_step']:g} "
                      f"| {fmt(c.get('forwards_per_step'), 'g')} | {fmt(c.get('host_reads_per_step'), 'g')} |")
+    return lines
+
+
+def noise_table(w: dict) -> list[str]:
+    """Per-sample noise streams against one generator, for the run's sampler and for fresh noise at every step."""
+    lines = ["| noise streams | sampler, steps | batch | per-sample streams samples/s | one generator samples/s "
+             "| cost | resolution (half range) |", "|---" * 7 + "|"]
+    for name, r in w.items():
+        for kind, n in r["noise"].items():
+            lines.append(f"| {name}, {kind.replace('_', ' ')} | {n['sampler']}, {n['steps']} | {n['batch']} "
+                         f"| {fmt(n['per_sample_samples_per_s'])} | {fmt(n['one_generator_samples_per_s'])} "
+                         f"| {n['cost']:+.1%} | {fmt(n['resolution'], '.1%')} |")
     return lines
 
 
@@ -78,7 +98,7 @@ def _option_cell(r: dict | None) -> str:
 def markdown(report: dict) -> str:
     """The training, sampling and options tables of a report."""
     w = report["workloads"]
-    lines = [*training_table(report["machine"], w), "", *sampling_table(w)]
+    lines = [*training_table(report["machine"], w), "", *sampling_table(w), "", *noise_table(w)]
     options = options_table(w)
     return "\n".join(lines + (["", *options] if options else [])) + "\n"
 

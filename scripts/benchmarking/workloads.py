@@ -1,7 +1,6 @@
 """What `python scripts/benchmark.py` times: each workload through train(cfg) and a plain loop, sampling, options."""
 import gc
 import tempfile
-import time
 from dataclasses import dataclass
 
 import lightning as L
@@ -12,13 +11,13 @@ from omegaconf import DictConfig, open_dict
 from torch.utils.flop_counter import FlopCounterMode
 from torch_ema import ExponentialMovingAverage
 
-from benchmarking.measure import HostReads, StepTimer, Window, WindowClosed, fastest, sync
+from benchmarking.measure import StepTimer, Window, WindowClosed, median_run, spread
 from benchmarking.report import log
+from benchmarking.sampling import module_setup, noise_cost, per_sampler_step, samples_per_s
 from diffusion_lab.app.config import CONFIG_DIR
 from diffusion_lab.app.train import build, train
 from diffusion_lab.core import diffusion_loss
 from diffusion_lab.data import ImageTensorDataset
-from diffusion_lab.sampling import SamplingSetup, generate
 from diffusion_lab.training import EMA
 from diffusion_lab.training.environment import skip_nvml_cuda_check
 
@@ -27,12 +26,12 @@ IMAGES = ["data.batch_size=64", "data.num_workers=0"]  # in-memory data: workers
 
 @dataclass
 class Workload:
-    """A run's overrides; per (cpu, gpu): timed optimizer steps, untimed ones before them, repeats, sampling batch."""
+    """A run's overrides; per (cpu, gpu): timed optimizer steps, untimed ones before them, rounds, sampling batch."""
 
     overrides: list[str]
     steps: tuple[int, int]
     warmup: tuple[int, int]  # the last warm-up step counts host reads
-    repeats: tuple[int, int]  # framework and plain runs alternate; the fastest of each is reported
+    rounds: tuple[int, int]  # each round runs the framework, the plain loop and the speed preset, in turn
     sample_batch: tuple[int, int]
     cpu_options: tuple[str, ...] = ()  # run by default on CPU; a GPU runs every option that applies
     random_images: bool = False  # the data set replaced by random images of its shape: no download, no disk
@@ -40,11 +39,11 @@ class Workload:
 
 
 WORKLOADS = {
-    "toy": Workload([], (300, 300), (20, 20), (3, 3), (512, 512),
+    "toy": Workload([], (300, 300), (20, 20), (7, 7), (1024, 1024),
                     ("bf16", "compile", "fused_adamw", "tf32", "progress_bar")),
-    "dit": Workload(["experiment=fashion_mnist_dit", *IMAGES], (3, 50), (2, 10), (1, 2), (16, 64), ("tf32",),
+    "dit": Workload(["experiment=fashion_mnist_dit", *IMAGES], (6, 50), (2, 10), (5, 5), (64, 1024), ("tf32",),
                     random_images=True, labels=True),
-    "unet": Workload(["experiment=fashion_mnist_unet", *IMAGES], (2, 50), (2, 10), (1, 2), (8, 64), ("tf32",),
+    "unet": Workload(["experiment=fashion_mnist_unet", *IMAGES], (6, 50), (2, 10), (5, 5), (64, 1024), ("tf32",),
                      random_images=True, labels=True),
 }
 
@@ -74,6 +73,9 @@ class SDPAMath(Callback):
 
 # Each option is a config switch; `+callbacks.*` stands in for a switch the framework lacks (a callback above).
 OPTIONS = {
+    "fast": ["speed=fast"],
+    "fast-compile": ["speed=fast", "compile=false"],
+    "bf16+fused": ["trainer.precision=bf16-mixed", "optimizer.fused=true"],
     "bf16": ["trainer.precision=bf16-mixed"],
     "compile": ["compile=true"],
     "bf16+compile": ["trainer.precision=bf16-mixed", "compile=true"],
@@ -165,54 +167,12 @@ def train_flops(cfg: DictConfig, device: torch.device) -> int:
     return counter.get_total_flops()
 
 
-def sampling_setup(module) -> SamplingSetup:
-    """What the module's validation samples with: its model, schedule, sampler and guidance."""
-    return SamplingSetup(module.model, module.schedule, module.sampler, module.guidance)
-
-
-def draw(setup: SamplingSetup, n: int, seed: int) -> torch.Tensor:
-    """n samples in one batch, sample i from seed + i (labels 0..K-1 in turn for a conditional model)."""
-    return generate(setup, n, batch_size=n, seed=seed).x
-
-
-def per_sampler_step(module) -> dict:
-    """Denoiser forwards and host reads per sampler step: the counts at 20 steps minus those at 10, over 10."""
-    setup, counts = sampling_setup(module), {}
-    for steps in (10, 20):
-        calls, reads, setup.sampler.steps = [], HostReads(), steps
-        hook = setup.model.register_forward_hook(lambda *_: calls.append(1))
-        with reads:
-            draw(setup, 2, module.seed)
-        hook.remove()
-        counts[steps] = (len(calls), reads.count)
-    setup.sampler.steps = 20
-    return dict(forwards_per_step=(counts[20][0] - counts[10][0]) / 10,
-                host_reads_per_step=(counts[20][1] - counts[10][1]) / 10)
-
-
-def sampling(timer: StepTimer, n: int, device: torch.device) -> dict:
-    """Samples/s of the run's sampler at 20 steps on the EMA weights (what validation runs), and per-step counts."""
-    module = timer.module.to(device).eval()  # Lightning's teardown left it on the CPU
-    if timer.ema is not None:
-        timer.ema.ema.to(device)
-        timer.ema.swap_in(module)
-    setup = sampling_setup(module)
-    setup.sampler.steps = 20
-    draw(setup, 2, module.seed)  # warm-up
-    sync(device)
-    t0 = time.perf_counter()
-    draw(setup, n, module.seed)
-    sync(device)
-    return dict(samples_per_s=n / (time.perf_counter() - t0), batch=n, steps=20, sampler=type(setup.sampler).__name__,
-                **per_sampler_step(module))
-
-
 def cfg_counts(workload: str, out_dir: str, device: torch.device) -> dict | None:
     """Forwards and host reads per sampler step with classifier-free guidance (a conditional build of the workload)."""
     if not WORKLOADS[workload].labels:
         return None  # the swiss roll has no labels
     module, _ = build(compose_run(workload, ["conditional=true", "guidance=cfg"], out_dir, 0, 1))
-    return per_sampler_step(module.to(device).eval())
+    return per_sampler_step(module_setup(module, device), module.seed)
 
 
 def run_option(name: str, option: str, base: dict, out_dir: str, peaks: dict) -> dict:
@@ -225,7 +185,7 @@ def run_option(name: str, option: str, base: dict, out_dir: str, peaks: dict) ->
     except Exception as e:  # an option unsupported here (bf16 or compile on some CPUs) is a result too
         return {"error": f"n/a ({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})"}
     peak = peaks["bf16" if "bf16" in option else "fp32"]
-    return dict(r, relative=r["samples_per_s"] / base["framework"]["samples_per_s"],
+    return dict(r, relative=r["samples_per_s"] / base["training"]["framework"]["median"],
                 mfu=base["flops_per_step"] * r["samples_per_s"] / base["batch"] / peak if peak else None)
 
 
@@ -238,27 +198,44 @@ def chosen_options(name: str, options: list[str] | None, gpu: bool) -> list[str]
 
 
 def bench_workload(name: str, args, out_dir: str, peaks: dict, device: torch.device) -> dict:
-    """Framework and plain training (alternated, best of repeats), sampling, FLOPs and options of one workload."""
+    """Rounds of framework, plain loop and speed preset (interleaved, so that drifting load hits all three alike),
+    each followed by sampling with its weights; medians and spreads over rounds; FLOPs, noise cost and options."""
     wl, gpu = WORKLOADS[name], int(device.type == "cuda")
     steps, warmup = args.steps or wl.steps[gpu], args.warmup or wl.warmup[gpu]
-    cfg = compose_run(name, [], out_dir, warmup, steps, f"{args.out}/profile_{name}.txt" if args.profile else None)
-    fw_runs, plain_runs = [], []
-    for _ in range(args.repeats or wl.repeats[gpu]):
-        log(f"{name}: framework, {steps} steps after {warmup}")
+    rounds, n = args.rounds or wl.rounds[gpu], args.sample_batch or wl.sample_batch[gpu]
+    profile = f"{args.out}/profile_{name}.txt" if args.profile else None
+    runs = {"framework": [], "plain": [], "fast": []}
+    sampling = {"framework": [], "fast": []}
+    for i in range(rounds):
+        log(f"{name}: round {i + 1}/{rounds}: framework, plain loop and speed=fast, {steps} steps after {warmup}")
+        cfg = compose_run(name, [], out_dir, warmup, steps, profile)
         fw, timer = framework_run(cfg)
-        fw_runs.append(fw)
-        log(f"{name}: plain loop")
-        plain_runs.append(plain_run(cfg, warmup, steps, device, timer.ema))
-    fw, plain = fastest(fw_runs), fastest(plain_runs)
-    log(f"{name}: sampling")
-    r = dict(batch=cfg.data.batch_size, steps=steps, warmup=warmup, flops_per_step=train_flops(cfg, device),
-             params=sum(p.numel() for p in timer.module.model.parameters()), framework=fw, plain=plain,
-             framework_runs=[x["samples_per_s"] for x in fw_runs], plain_runs=[x["samples_per_s"] for x in plain_runs],
-             ratio=fw["samples_per_s"] / plain["samples_per_s"], cpu_ratio=plain["cpu_ms"] / fw["cpu_ms"],
-             overhead_ms=fw["step_ms"] - plain["step_ms"], mfu=None,
-             sampling=sampling(timer, args.sample_batch or wl.sample_batch[gpu], device),
+        runs["framework"].append(fw)
+        runs["plain"].append(plain_run(cfg, warmup, steps, device, timer.ema))
+        sampling["framework"].append(samples_per_s(module_setup(timer.module, device, timer.ema), n, 0, device))
+        fast, fast_timer = framework_run(compose_run(name, OPTIONS["fast"], out_dir, warmup, steps))
+        runs["fast"].append(fast)
+        sampling["fast"].append(samples_per_s(module_setup(fast_timer.module, device, fast_timer.ema), n, 0, device))
+        del fast_timer
+        gc.collect()
+    rate = {k: [r["samples_per_s"] for r in v] for k, v in runs.items()}
+    fw, plain = median_run(runs["framework"]), median_run(runs["plain"])
+    setup = module_setup(timer.module, device)
+    r = dict(batch=cfg.data.batch_size, steps=steps, warmup=warmup, rounds=rounds,
+             flops_per_step=train_flops(cfg, device), params=sum(p.numel() for p in timer.module.model.parameters()),
+             framework=fw, plain=plain, fast=median_run(runs["fast"]),
+             training={k: spread(v) for k, v in rate.items()},
+             ratio=spread([f / p for f, p in zip(rate["framework"], rate["plain"])]),
+             cpu_ratio=plain["cpu_ms"] / fw["cpu_ms"], overhead_ms=fw["step_ms"] - plain["step_ms"],
+             fast_speedup=spread([f / d for f, d in zip(rate["fast"], rate["framework"])]),
+             sampling=dict(batch=n, steps=setup.sampler.steps, sampler=type(setup.sampler).__name__,
+                           framework=spread(sampling["framework"]), fast=spread(sampling["fast"]),
+                           fast_speedup=spread([f / d for f, d in zip(sampling["fast"], sampling["framework"])]),
+                           **per_sampler_step(setup, 0)),
              sampling_cfg=cfg_counts(name, out_dir, device))
     r["mfu"] = r["flops_per_step"] / fw["step_ms"] * 1e3 / peaks["fp32"] if peaks["fp32"] else None
+    log(f"{name}: noise streams")
+    r["noise"] = noise_cost(setup, args.noise_batch or n, 0, device)
     del timer
     gc.collect()
     r["options"] = {o: run_option(name, o, r, out_dir, peaks) for o in chosen_options(name, args.options, gpu)}
