@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="rounds of framework, plain loop and speed=fast runs per workload, "
                    "interleaved; medians and spreads over them (default: per workload)")
     p.add_argument("--sample-batch", type=int, help="samples drawn at once when timing sampling")
-    p.add_argument("--noise-batch", type=int, help="batch of the noise-stream cost (default: --sample-batch's)")
+    p.add_argument("--noise-batch", type=int, default=1024, help="batch of the noise-stream cost")
     p.add_argument("--out", default="outputs/benchmark", help="directory for benchmark.json and benchmark.md")
     p.add_argument("--profile", action="store_true", help="cProfile the framework's timed window: profile_<workload>.txt")
     p.add_argument("--quick", action="store_true", help="a smoke run in seconds: toy, 10 steps, one option")
@@ -56,7 +56,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.workloads:
             report["workloads"][name] = bench_workload(name, args, tmp, peaks, device)
-    print(write(report, args.out))
+            text = write(report, args.out)  # after each workload: a long run's finished part is kept
+    print(text)
     return report
 
 

@@ -34,4 +34,4 @@ def test_smoke_benchmark_quick_writes_json_and_markdown(tmp_path):
     assert set(toy["options"]["fused_adamw"]) >= RUN_FIELDS | {"relative", "mfu"}
     table = (tmp_path / "benchmark.md").read_text()
     assert "| workload | batch |" in table and "\n| toy | 2048 | 10 x 2 |" in table and "| fused_adamw |" in table
-    assert "| toy, ddpm noise | GeneralizedSampler, 5 | 1024 |" in table
+    assert "| toy, ddpm noise | GeneralizedSampler, 2 | 1024 |" in table

@@ -1,11 +1,11 @@
 """Per-sample noise for a whole batch at once: row i of every draw depends only on seed i and on how many draws came
 before it, so a sample is the same whatever batch, process or device draws it.
 
-torch's generators are one stream each, so per-sample streams took one generator and one randn call per sample per
-draw: at batch 1,024 that multiplied the toy MLP's sampling time by 15 (scripts/benchmark.py). Here the noise is a
-counter-based generator written with int64 tensor ops: the bits of (seed, draw, element) are SplitMix64's output for
-that counter (Steele, Lea & Flood 2014), made a normal by the inverse normal CDF. int64 products wrap modulo 2**64
-on CPU and CUDA alike, which SplitMix64 needs; `>>` on int64 is arithmetic, so the logical shift is masked.
+torch's generators are one stream each: per-sample streams took one generator and one randn call per sample per
+draw (on a GPU, a kernel launch each). Here each sample's stream is SplitMix64 (Steele, Lea & Flood 2014) written
+with int64 tensor ops over the whole batch, its outputs made normal by the inverse normal CDF. int64 products wrap
+modulo 2**64 on CPU and CUDA alike, which SplitMix64 needs; `>>` on int64 is arithmetic, so the logical shift is
+masked.
 """
 import math
 from collections.abc import Sequence
@@ -46,26 +46,26 @@ class NoiseStreams:
     """One stream of standard normal noise per sample: `randn((B, ...))` gives row i from seeds[i], the k-th draw of
     stream i being the same whatever rows stand beside it.
 
-    Draw d of sample seed s, element j: output j + 1 of SplitMix64 started at key(s, d) = mix64(mix64(s + GAMMA)
-    + d * GAMMA), as a uniform u in (0, 1), then Phi^-1(u) (float64). Computed on `device`.
+    Stream i is SplitMix64 started at mix64(seeds[i] + GAMMA) (a hashed start, so that nearby seeds do not give
+    shifted copies of one sequence); each element takes its next output, as a uniform u in (0, 1), and becomes
+    Phi^-1(u) (float64). Computed on `device`, about twenty tensor operations per draw whatever the batch.
     """
 
     def __init__(self, seeds: Sequence[int], device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.seeds = torch.as_tensor([int(s) for s in seeds], dtype=torch.int64, device=self.device)  # (B,)
-        self.base = mix64(self.seeds + GAMMA)  # (B,)
-        self.draws = 0
+        self.state = mix64(self.seeds + GAMMA)  # (B,) SplitMix64's state, before its first output
+        self.position = 0  # outputs taken from every stream so far
 
     def __len__(self) -> int:
         return len(self.seeds)
 
     def randn(self, shape: Sequence[int], dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Standard normal noise of shape (B, ...), B = the number of streams; advances every stream by one draw."""
+        """Standard normal noise of shape (B, ...), B = the number of streams; each stream moves on by its size."""
         if shape[0] != len(self):
             raise ConfigError(f"{len(self)} noise streams for a batch of {shape[0]}: need one per sample")
         n = math.prod(shape[1:])
-        key = mix64(self.base + _int64(self.draws * GAMMA))  # (B,)
-        self.draws += 1
-        counters = torch.arange(1, n + 1, dtype=torch.int64, device=self.device) * GAMMA  # (n,)
-        z = torch.special.ndtri(uniform53(mix64(key[:, None] + counters)))  # (B, n)
+        steps = torch.arange(self.position + 1, self.position + n + 1, dtype=torch.int64, device=self.device) * GAMMA
+        self.position += n
+        z = torch.special.ndtri(uniform53(mix64(self.state[:, None] + steps)))  # (B, n)
         return z.to(dtype or torch.get_default_dtype()).reshape(tuple(shape))

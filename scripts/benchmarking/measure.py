@@ -116,10 +116,10 @@ class StepTimer(Callback):
 
 def spread(values: list[float]) -> dict:
     """Median, minimum and maximum of repeated measurements, and the half range relative to the median (the
-    resolution: two medians closer than it are not told apart)."""
+    resolution: two medians closer than it are not told apart; None from one measurement)."""
     median = statistics.median(values)
     return dict(median=median, min=min(values), max=max(values), n=len(values),
-                half_range=(max(values) - min(values)) / 2 / median if median else None)
+                half_range=(max(values) - min(values)) / 2 / median if median and len(values) > 1 else None)
 
 
 def median_run(runs: list[dict]) -> dict:

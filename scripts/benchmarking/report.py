@@ -72,7 +72,7 @@ def noise_table(w: dict) -> list[str]:
         for kind, n in r["noise"].items():
             lines.append(f"| {name}, {kind.replace('_', ' ')} | {n['sampler']}, {n['steps']} | {n['batch']} "
                          f"| {fmt(n['per_sample_samples_per_s'])} | {fmt(n['one_generator_samples_per_s'])} "
-                         f"| {n['cost']:+.1%} | {fmt(n['resolution'], '.1%')} |")
+                         f"| {n['cost']:+.1%} | {fmt(n['resolution'], '.1%') if n['rounds'] > 1 else 'one round'} |")
     return lines
 
 

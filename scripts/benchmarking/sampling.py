@@ -11,7 +11,7 @@ from diffusion_lab.core import GeneralizedSampler, per_sample_generators
 from diffusion_lab.sampling import SamplingSetup, generate
 
 STEPS = 20  # sampler steps of the timed sampling
-NOISE_STEPS = 5  # sampler steps when timing noise streams (fewer steps weigh the first draw more: a bound)
+NOISE_STEPS = 2  # sampler steps when timing noise streams (fewer steps weigh the first draw more: a bound)
 
 
 def draw(setup: SamplingSetup, n: int, seed: int) -> torch.Tensor:
@@ -83,5 +83,5 @@ def noise_cost(setup: SamplingSetup, n: int, seed: int, device: torch.device, ro
         out[name] = dict(sampler=type(sampler).__name__, batch=n, steps=NOISE_STEPS, rounds=rounds,
                          per_sample_samples_per_s=n / per["median"], one_generator_samples_per_s=n / one["median"],
                          cost=per["median"] / one["median"] - 1,
-                         resolution=max(per["half_range"], one["half_range"]))
+                         resolution=None if rounds < 2 else max(per["half_range"], one["half_range"]))
     return out
