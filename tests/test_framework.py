@@ -94,6 +94,18 @@ def test_speed_fast_picks_bf16_only_where_the_device_computes_it_natively(compos
     assert compose_cfg([]).trainer.precision == "32-true"  # the default run is untouched
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_device_that_emulates_it_gets_a_warning(compose_cfg, monkeypatch, native):
+    from diffusion_lab.app.train import emulated_bf16_warning
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    warning = emulated_bf16_warning(compose_cfg(["trainer.precision=bf16-mixed"]))
+    assert (warning is None) if native else warning.startswith("warning: trainer.precision=bf16-mixed on a device")
+    assert emulated_bf16_warning(compose_cfg([])) is None  # 32-true
+
+
 def test_bf16_run_trains_with_fused_adamw_and_samples_in_bf16_from_its_checkpoint(compose_cfg, tmp_path):
     from diffusion_lab.app.loading import load_run, sampling_setup
 
