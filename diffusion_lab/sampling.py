@@ -40,6 +40,11 @@ class SamplingSetup:
             return contextlib.nullcontext()
         return torch.autocast(module_device(self.model).type, dtype=self.autocast)
 
+    def data(self, x: torch.Tensor) -> torch.Tensor:
+        """The sampler's output x as data on the CPU: decoded (a latent model's VAE), float32 again after autocast."""
+        x = x if self.decode is None else self.decode(x)
+        return (x if self.autocast is None else x.float()).cpu()
+
     @property
     def nfe(self) -> int:
         """Denoiser evaluations per sample; classifier-free guidance evaluates the conditional and null inputs.
@@ -132,8 +137,7 @@ def generate(setup: SamplingSetup, num_samples: int, batch_size: int = 64, seed:
         c = None if cond is None else cond[start:start + len(idx)]
         with setup.precision():
             *_, x = denoise_batch(setup, (seed + idx).tolist(), c)  # only the last x_t is kept
-            x = x if setup.decode is None else setup.decode(x)
-        out.append(x.float().cpu())
+            out.append(setup.data(x))
         start += len(idx)
     return Samples(x=torch.cat(out), labels=cond, indices=indices)
 
@@ -149,8 +153,7 @@ def trajectory(setup: SamplingSetup, num: int = 8, seed: int = 0, labels: Sequen
     with setup.precision():
         frames = list(denoise_batch(setup, [seed + i for i in indices], labels_for(indices, setup.num_classes, labels)))
         keep = sorted({round(i * (len(frames) - 1) / max(max_frames - 1, 1)) for i in range(max_frames)})
-        decode = setup.decode or (lambda x: x)
-        return [decode(frames[i]).float().cpu() for i in keep if i < len(frames)]
+        return [setup.data(frames[i]) for i in keep if i < len(frames)]
 
 
 def gather(part: Samples) -> Samples:

@@ -122,6 +122,11 @@ def spread(values: list[float]) -> dict:
                 half_range=(max(values) - min(values)) / 2 / median if median and len(values) > 1 else None)
 
 
+def ratio_spread(numerators: list[float], denominators: list[float]) -> dict:
+    """The spread of paired ratios: round i's numerator over round i's denominator."""
+    return spread([a / b for a, b in zip(numerators, denominators)])
+
+
 def median_run(runs: list[dict]) -> dict:
     """The run of the median samples/s (the lower middle one of an even count), with its other figures."""
     return sorted(runs, key=lambda r: r["samples_per_s"])[(len(runs) - 1) // 2]

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, open_dict
 from torch.utils.flop_counter import FlopCounterMode
 from torch_ema import ExponentialMovingAverage
 
-from benchmarking.measure import StepTimer, Window, WindowClosed, median_run, spread
+from benchmarking.measure import StepTimer, Window, WindowClosed, median_run, ratio_spread, spread
 from benchmarking.report import log
 from benchmarking.sampling import module_setup, noise_cost, per_sampler_step, samples_per_s
 from diffusion_lab.app.config import CONFIG_DIR
@@ -226,12 +226,12 @@ def bench_workload(name: str, args, out_dir: str, peaks: dict, device: torch.dev
              flops_per_step=train_flops(cfg, device), params=sum(p.numel() for p in timer.module.model.parameters()),
              framework=fw, plain=plain, fast=median_run(runs["fast"]),
              training={k: spread(v) for k, v in rate.items()},
-             ratio=spread([f / p for f, p in zip(rate["framework"], rate["plain"])]),
+             ratio=ratio_spread(rate["framework"], rate["plain"]),
              cpu_ratio=plain["cpu_ms"] / fw["cpu_ms"], overhead_ms=fw["step_ms"] - plain["step_ms"],
-             fast_speedup=spread([f / d for f, d in zip(rate["fast"], rate["framework"])]),
+             fast_speedup=ratio_spread(rate["fast"], rate["framework"]),
              sampling=dict(batch=n, steps=setup.sampler.steps, sampler=type(setup.sampler).__name__,
                            framework=spread(sampling["framework"]), fast=spread(sampling["fast"]),
-                           fast_speedup=spread([f / d for f, d in zip(sampling["fast"], sampling["framework"])]),
+                           fast_speedup=ratio_spread(sampling["fast"], sampling["framework"]),
                            **per_sampler_step(setup, 0)),
              sampling_cfg=cfg_counts(name, out_dir, device))
     r["mfu"] = r["flops_per_step"] / fw["step_ms"] * 1e3 / peaks["fp32"] if peaks["fp32"] else None
