@@ -67,12 +67,16 @@ def sampling_table(w: dict) -> list[str]:
 def noise_table(w: dict) -> list[str]:
     """Per-sample noise streams against one generator, for the run's sampler and for fresh noise at every step."""
     lines = ["| noise streams | sampler, steps | batch | per-sample streams samples/s | one generator samples/s "
-             "| cost | resolution (half range) |", "|---" * 7 + "|"]
+             "| rounds | cost (median of paired rounds) | cost quartiles | noise ms per run (streams / one) "
+             "| cost from the noise alone |", "|---" * 10 + "|"]
     for name, r in w.items():
         for kind, n in r["noise"].items():
+            q = n.get("cost_quartiles")
             lines.append(f"| {name}, {kind.replace('_', ' ')} | {n['sampler']}, {n['steps']} | {n['batch']} "
                          f"| {fmt(n['per_sample_samples_per_s'])} | {fmt(n['one_generator_samples_per_s'])} "
-                         f"| {n['cost']:+.1%} | {fmt(n['resolution'], '.1%') if n['rounds'] > 1 else 'one round'} |")
+                         f"| {n['rounds']} | {n['cost']:+.1%} | {f'{q[0]:+.1%} to {q[1]:+.1%}' if q else '-'} "
+                         f"| {n['draw_ms']['per_sample']:.3g} / {n['draw_ms']['one']:.3g} ({n['draw_ms']['draws']} draw{'s' * (n['draw_ms']['draws'] != 1)}) "
+                         f"| {n['draw_cost']:+.1%} |")
     return lines
 
 

@@ -2,16 +2,17 @@
 step, and the cost of per-sample noise streams against one generator."""
 import copy
 import dataclasses
+import statistics
 import time
 
 import torch
 
 from benchmarking.measure import HostReads, spread, sync
 from diffusion_lab.core import GeneralizedSampler, per_sample_generators
+from diffusion_lab.core.noise import NoiseStreams
 from diffusion_lab.sampling import SamplingSetup, generate
 
 STEPS = 20  # sampler steps of the timed sampling
-NOISE_STEPS = 2  # sampler steps when timing noise streams (fewer steps weigh the first draw more: a bound)
 
 
 def draw(setup: SamplingSetup, n: int, seed: int) -> torch.Tensor:
@@ -56,15 +57,20 @@ def per_sampler_step(setup: SamplingSetup, seed: int) -> dict:
                 host_reads_per_step=(counts[20][1] - counts[10][1]) / 10)
 
 
-def noise_cost(setup: SamplingSetup, n: int, seed: int, device: torch.device, rounds: int = 3) -> dict:
+def noise_cost(setup: SamplingSetup, n: int, seed: int, device: torch.device, rounds: int = 3,
+               steps: int | None = None) -> dict:
     """Samples/s at batch n with one noise generator per sample (what generate does: samples independent of the
     batch) against one generator for the batch, for the run's sampler and for a sampler that draws fresh noise at
-    every step (DDPM's gam=1, mu=0.5), NOISE_STEPS steps. Alternated over rounds; cost = per-sample time /
-    one-generator time - 1."""
+    every step (DDPM's gam=1, mu=0.5), `steps` steps (None: the run's; fewer steps weigh the streams' set-up and
+    first draw more, so fewer give an upper bound). Alternated over rounds; cost = the median over rounds of
+    per-sample time / one-generator time in that round, - 1, with its quartiles from four rounds on. draw_cost is
+    the same cost from the noise alone (noise_draw_times) over the one-generator run's median time: the difference
+    of two timings of the noise only, so it resolves costs below the spread of whole sampling runs."""
     out = {}
     run_sampler = copy.copy(setup.sampler)
-    run_sampler.steps = NOISE_STEPS
-    for name, sampler in (("run_sampler", run_sampler), ("ddpm_noise", GeneralizedSampler(NOISE_STEPS, gam=1.0, mu=0.5))):
+    steps = steps or run_sampler.steps
+    run_sampler.steps = steps
+    for name, sampler in (("run_sampler", run_sampler), ("ddpm_noise", GeneralizedSampler(steps, gam=1.0, mu=0.5))):
         s = dataclasses.replace(setup, sampler=sampler)
         cond = None if not s.num_classes else (torch.arange(n) % s.num_classes).to(device)
         generators = {"per_sample": lambda: per_sample_generators(range(seed, seed + n), device),
@@ -79,9 +85,56 @@ def noise_cost(setup: SamplingSetup, n: int, seed: int, device: torch.device, ro
                                       generator=make())
                     sync(device)
                 times[kind].append(time.perf_counter() - t0)
+        draws = noise_draw_times(s, n, seed, cond, device)
         per, one = spread(times["per_sample"]), spread(times["one"])
-        out[name] = dict(sampler=type(sampler).__name__, batch=n, steps=NOISE_STEPS, rounds=rounds,
+        ratios = [a / b for a, b in zip(times["per_sample"], times["one"])]  # paired within each round
+        quartiles = statistics.quantiles(ratios, n=4) if rounds >= 4 else [None] * 3
+        out[name] = dict(sampler=type(sampler).__name__, batch=n, steps=steps, rounds=rounds,
                          per_sample_samples_per_s=n / per["median"], one_generator_samples_per_s=n / one["median"],
-                         cost=per["median"] / one["median"] - 1,
-                         resolution=None if rounds < 2 else max(per["half_range"], one["half_range"]))
+                         cost=statistics.median(ratios) - 1,
+                         cost_quartiles=None if rounds < 4 else [quartiles[0] - 1, quartiles[2] - 1],
+                         draw_ms=draws, draw_cost=(draws["per_sample"] - draws["one"]) / 1e3 / one["median"])
+    return out
+
+
+class _Recorder(NoiseStreams):
+    """NoiseStreams that records the shape of every draw."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shapes = []
+
+    def randn(self, shape, dtype=None):
+        self.shapes.append(tuple(shape))
+        return super().randn(shape, dtype)
+
+
+def noise_draw_times(s: SamplingSetup, n: int, seed: int, cond, device: torch.device, repeats: int = 20) -> dict:
+    """Milliseconds to make the noise of one sampling run (the draws its sampler makes, recorded once) with
+    per-sample streams and with one generator; the minimum over `repeats`, since load only adds time."""
+    recorder = _Recorder(range(seed, seed + n), device)
+    with torch.no_grad(), s.precision():
+        for _ in s.sampler(s.model, s.schedule, batch_size=n, cond=cond, guidance=s.guidance, generator=recorder):
+            pass
+    shapes = recorder.shapes
+
+    def streams():
+        g = per_sample_generators(range(seed, seed + n), device)
+        return [g.randn(shape) for shape in shapes]
+
+    def one():
+        g = torch.Generator(device).manual_seed(seed)
+        return [torch.randn(shape, generator=g, device=device) for shape in shapes]
+
+    out = {}
+    for kind, make in (("per_sample", streams), ("one", one)):
+        best = float("inf")
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            make()
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
+        out[kind] = best * 1e3
+    out["draws"] = len(shapes)
     return out

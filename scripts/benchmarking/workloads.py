@@ -34,17 +34,18 @@ class Workload:
     rounds: tuple[int, int]  # each round runs the framework, the plain loop and the speed preset, in turn
     sample_batch: tuple[int, int]
     noise_rounds: tuple[int, int]  # rounds of the noise-stream timing, at batch --noise-batch (default 1024)
+    noise_steps: int | None  # sampler steps of that timing (None: the run's sampler's)
     cpu_options: tuple[str, ...] = ()  # run by default on CPU; a GPU runs every option that applies
     random_images: bool = False  # the data set replaced by random images of its shape: no download, no disk
     labels: bool = False  # the data has classes, so a conditional build with classifier-free guidance is counted too
 
 
 WORKLOADS = {
-    "toy": Workload([], (300, 300), (20, 20), (7, 7), (1024, 1024), (5, 5),
+    "toy": Workload([], (300, 300), (20, 20), (7, 7), (1024, 1024), (30, 30), None,
                     ("bf16", "compile", "fused_adamw", "tf32", "progress_bar")),
-    "dit": Workload(["experiment=fashion_mnist_dit", *IMAGES], (6, 50), (2, 10), (5, 5), (16, 1024), (1, 3), ("tf32",),
-                    random_images=True, labels=True),
-    "unet": Workload(["experiment=fashion_mnist_unet", *IMAGES], (6, 50), (2, 10), (5, 5), (16, 1024), (1, 3),
+    "dit": Workload(["experiment=fashion_mnist_dit", *IMAGES], (6, 50), (2, 10), (5, 5), (16, 1024), (1, 3), 2,
+                    ("tf32",), random_images=True, labels=True),
+    "unet": Workload(["experiment=fashion_mnist_unet", *IMAGES], (6, 50), (2, 10), (5, 5), (16, 1024), (1, 3), 2,
                      ("tf32",), random_images=True, labels=True),
 }
 
@@ -236,7 +237,7 @@ def bench_workload(name: str, args, out_dir: str, peaks: dict, device: torch.dev
              sampling_cfg=cfg_counts(name, out_dir, device))
     r["mfu"] = r["flops_per_step"] / fw["step_ms"] * 1e3 / peaks["fp32"] if peaks["fp32"] else None
     log(f"{name}: noise streams")
-    r["noise"] = noise_cost(setup, args.noise_batch, 0, device, wl.noise_rounds[gpu])
+    r["noise"] = noise_cost(setup, args.noise_batch, 0, device, wl.noise_rounds[gpu], wl.noise_steps)
     del timer
     gc.collect()
     r["options"] = {o: run_option(name, o, r, out_dir, peaks) for o in chosen_options(name, args.options, gpu)}
