@@ -160,7 +160,7 @@ def test_classifier_distance_between_real_halves_is_far_below_real_versus_noise(
     from diffusion_lab.evaluation import classifier
 
     x, y = data_tensors(Digits(split="train"))
-    metrics = ["classifier_fd", "precision", "recall", "accuracy"]
+    metrics = ["classifier_fd", "precision", "recall", "confident", "accuracy"]
     build = lambda: Evaluator(x[::2], metrics, labels=y[::2], num_classes=10,  # noqa: E731
                               classifier_cache=tmp_path / "c.pt", classifier_steps=100, conditional=True)
     real = build()(x[1::2], y[1::2])
@@ -170,6 +170,7 @@ def test_classifier_distance_between_real_halves_is_far_below_real_versus_noise(
     assert real["classifier_fd"] * 10 < noise["classifier_fd"], (real, noise)
     assert real["accuracy"] > 0.8 and noise["accuracy"] < 0.3
     assert real["precision"] > 0.8 and noise["precision"] < 0.3
+    assert real["confident"] > 0.6 and noise["confident"] < real["confident"] / 2, (real, noise)
 
 
 def test_fid_without_inception_weights_says_how_to_provide_them(tmp_path, monkeypatch):

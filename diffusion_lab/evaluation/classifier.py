@@ -77,6 +77,6 @@ def cached_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int, cache:
 @torch.no_grad()
 def classifier_outputs(net: FeatureClassifier, x: torch.Tensor,
                        batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, feature_dim), predicted labels (N,)) of images x, in batches."""
+    """(features (N, feature_dim), class logits (N, num_classes)) of images x, in batches."""
     feats = torch.cat([net.features(xb) for xb in x.split(batch_size)])
-    return feats, net.head(feats).argmax(-1)
+    return feats, net.head(feats)

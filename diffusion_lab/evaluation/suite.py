@@ -21,8 +21,9 @@ POINT_METRICS = {  # metric(samples (N, D), data (M, D))
     "recall": lambda x, data: M.precision_recall(data, x)[1],
 }
 TOY_METRICS = tuple(POINT_METRICS)
-IMAGE_METRICS = ("classifier_fd", "patch_fd", "precision", "recall", "accuracy", "fid", "kid")
-CLASSIFIER_METRICS = {"classifier_fd", "precision", "recall", "accuracy"}
+IMAGE_METRICS = ("classifier_fd", "patch_fd", "precision", "recall", "confident", "accuracy", "fid", "kid")
+CLASSIFIER_METRICS = {"classifier_fd", "precision", "recall", "confident", "accuracy"}
+CONFIDENT = 0.9  # the probability of its top class above which the feature classifier counts an image as confident
 MIN_EVALUATION_SIZE = 8  # samples and real items each; the kNN metrics need more than their k = 5 neighbours
 CLASSIFIER_ITEMS = 5000  # the fixed subset of a data set its feature classifier is trained on
 
@@ -31,7 +32,7 @@ def default_metrics(image: bool, conditional: bool) -> list[str]:
     """The metrics evaluate.py reports when none are named (all offline)."""
     if not image:
         return ["swd", "coverage", "precision", "recall", "mean_distance"]
-    return ["classifier_fd", "patch_fd", "precision", "recall"] + (["accuracy"] if conditional else [])
+    return ["classifier_fd", "patch_fd", "precision", "recall", "confident"] + (["accuracy"] if conditional else [])
 
 
 def classifier_cache_path(cache_dir: str | Path, data_config: dict, steps: int) -> Path:
@@ -160,9 +161,11 @@ class Evaluator:
                 self._patch_stats = M.gaussian_stats(M.image_patches(self.reference))
             out["patch_fd"] = M.frechet_distance(*self._patch_stats, *M.gaussian_stats(M.image_patches(x)))
         if self.classifier is not None:
-            feats, predicted = classifier_outputs(self.classifier, x)
+            feats, logits = classifier_outputs(self.classifier, x)
+            probs, predicted = logits.softmax(-1).max(-1)  # (N,) each
             out["classifier_fd"] = M.frechet_distance_features(self.real_features, feats)
             out["precision"], out["recall"] = M.precision_recall(self.real_features, feats)
+            out["confident"] = (probs >= CONFIDENT).float().mean()
             if labels is not None and "accuracy" in self.metrics:
                 correct, labels = (predicted == labels.cpu()).float(), labels.cpu()  # (N,)
                 out["accuracy"] = correct.mean()

@@ -35,8 +35,8 @@ class SampleQuality(Callback):
     `val/eval_samples` is the sample count, `val/eval_seconds` what the evaluation took.
 
     metrics: point data: swd, coverage, precision, recall, mean_distance, mmd; images: classifier_fd, patch_fd,
-    precision, recall, accuracy (conditional), fid, kid (null: the first five for points; all but fid and kid
-    for images, and those too when the Inception weights are on this machine). The first metric is the one
+    precision, recall, confident, accuracy (conditional), fid, kid (null: the first five for points; all but fid
+    and kid for images, and those too when the Inception weights are on this machine). The first metric is the one
     `optimized_metric=auto` optimizes. classifier_fd sees what the digits are; patch_fd (pixel patches) sees
     grain and blur, which the classifier's pooled features ignore. The image feature classifier is trained once
     per data set and cached in classifier_cache (shared with scripts/evaluate.py).
