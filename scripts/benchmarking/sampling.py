@@ -73,8 +73,13 @@ def noise_cost(setup: SamplingSetup, n: int, seed: int, device: torch.device, ro
     for name, sampler in (("run_sampler", run_sampler), ("ddpm_noise", GeneralizedSampler(steps, gam=1.0, mu=0.5))):
         s = dataclasses.replace(setup, sampler=sampler)
         cond = None if not s.num_classes else (torch.arange(n) % s.num_classes).to(device)
-        generators = {"per_sample": lambda: per_sample_generators(range(seed, seed + n), device),
-                      "one": lambda: torch.Generator(device).manual_seed(seed)}
+        streams = []  # the per-sample streams of each round, which note the shapes of their draws
+
+        def per_sample():
+            streams.append(_Recorder(range(seed, seed + n), device))
+            return streams[-1]
+
+        generators = {"per_sample": per_sample, "one": lambda: torch.Generator(device).manual_seed(seed)}
         times = {k: [] for k in generators}
         for _ in range(rounds):
             for kind, make in generators.items():
@@ -85,7 +90,7 @@ def noise_cost(setup: SamplingSetup, n: int, seed: int, device: torch.device, ro
                                       generator=make())
                     sync(device)
                 times[kind].append(time.perf_counter() - t0)
-        draws = noise_draw_times(s, n, seed, cond, device)
+        draws = noise_draw_times(streams[-1].shapes, n, seed, device)
         per, one = spread(times["per_sample"]), spread(times["one"])
         ratios = [a / b for a, b in zip(times["per_sample"], times["one"])]  # paired within each round
         quartiles = statistics.quantiles(ratios, n=4) if rounds >= 4 else [None] * 3
@@ -98,7 +103,7 @@ def noise_cost(setup: SamplingSetup, n: int, seed: int, device: torch.device, ro
 
 
 class _Recorder(NoiseStreams):
-    """NoiseStreams that records the shape of every draw."""
+    """NoiseStreams that notes the shape of every draw."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -109,14 +114,9 @@ class _Recorder(NoiseStreams):
         return super().randn(shape, dtype)
 
 
-def noise_draw_times(s: SamplingSetup, n: int, seed: int, cond, device: torch.device, repeats: int = 20) -> dict:
-    """Milliseconds to make the noise of one sampling run (the draws its sampler makes, recorded once) with
+def noise_draw_times(shapes: list[tuple], n: int, seed: int, device: torch.device, repeats: int = 20) -> dict:
+    """Milliseconds to make the noise of one sampling run (draws of `shapes`, as its sampler made them) with
     per-sample streams and with one generator; the minimum over `repeats`, since load only adds time."""
-    recorder = _Recorder(range(seed, seed + n), device)
-    with torch.no_grad(), s.precision():
-        for _ in s.sampler(s.model, s.schedule, batch_size=n, cond=cond, guidance=s.guidance, generator=recorder):
-            pass
-    shapes = recorder.shapes
 
     def streams():
         g = per_sample_generators(range(seed, seed + n), device)
