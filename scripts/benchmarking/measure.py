@@ -123,8 +123,9 @@ def spread(values: list[float]) -> dict:
 
 
 def ratio_spread(numerators: list[float], denominators: list[float]) -> dict:
-    """The spread of paired ratios: round i's numerator over round i's denominator."""
-    return spread([a / b for a, b in zip(numerators, denominators)])
+    """The spread of paired ratios (round i's numerator over round i's denominator), with the ratios as `values`."""
+    ratios = [a / b for a, b in zip(numerators, denominators)]
+    return spread(ratios) | {"values": ratios}
 
 
 def median_run(runs: list[dict]) -> dict:

@@ -71,11 +71,11 @@ def noise_table(w: dict) -> list[str]:
              "| cost from the noise alone |", "|---" * 10 + "|"]
     for name, r in w.items():
         for kind, n in r["noise"].items():
-            q = n.get("cost_quartiles")
+            q, d = n.get("cost_quartiles"), n["draw_ms"]
             lines.append(f"| {name}, {kind.replace('_', ' ')} | {n['sampler']}, {n['steps']} | {n['batch']} "
                          f"| {fmt(n['per_sample_samples_per_s'])} | {fmt(n['one_generator_samples_per_s'])} "
                          f"| {n['rounds']} | {n['cost']:+.1%} | {f'{q[0]:+.1%} to {q[1]:+.1%}' if q else '-'} "
-                         f"| {n['draw_ms']['per_sample']:.3g} / {n['draw_ms']['one']:.3g} ({n['draw_ms']['draws']} draw{'s' * (n['draw_ms']['draws'] != 1)}) "
+                         f"| {d['per_sample']:.3g} / {d['one']:.3g} ({d['draws']} draw{'s' * (d['draws'] != 1)}) "
                          f"| {n['draw_cost']:+.1%} |")
     return lines
 

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from benchmarking.measure import HostReads, spread, sync
+from benchmarking.measure import HostReads, ratio_spread, spread, sync
 from diffusion_lab.core import GeneralizedSampler, per_sample_generators
 from diffusion_lab.core.noise import NoiseStreams
 from diffusion_lab.sampling import SamplingSetup, generate
@@ -92,11 +92,11 @@ def noise_cost(setup: SamplingSetup, n: int, seed: int, device: torch.device, ro
                 times[kind].append(time.perf_counter() - t0)
         draws = noise_draw_times(streams[-1].shapes, n, seed, device)
         per, one = spread(times["per_sample"]), spread(times["one"])
-        ratios = [a / b for a, b in zip(times["per_sample"], times["one"])]  # paired within each round
-        quartiles = statistics.quantiles(ratios, n=4) if rounds >= 4 else [None] * 3
+        ratios = ratio_spread(times["per_sample"], times["one"])  # paired within each round
+        quartiles = statistics.quantiles(ratios["values"], n=4) if rounds >= 4 else [None] * 3
         out[name] = dict(sampler=type(sampler).__name__, batch=n, steps=steps, rounds=rounds,
                          per_sample_samples_per_s=n / per["median"], one_generator_samples_per_s=n / one["median"],
-                         cost=statistics.median(ratios) - 1,
+                         cost=ratios["median"] - 1,
                          cost_quartiles=None if rounds < 4 else [quartiles[0] - 1, quartiles[2] - 1],
                          draw_ms=draws, draw_cost=(draws["per_sample"] - draws["one"]) / 1e3 / one["median"])
     return out
