@@ -22,6 +22,7 @@ def assert_ranks_identical(dump_dir):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_train_in_one_run_directory(tmp_path):
     run([*DDP, "trainer.max_steps=20", "+callbacks.dump._target_=tests.crash.DumpWeights",
          f"+callbacks.dump.dirpath={tmp_path}/dump", "callbacks.evaluate.num_samples=40"], cwd=tmp_path)
