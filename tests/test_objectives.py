@@ -5,7 +5,7 @@ from scipy import stats
 from torch import nn
 
 from diffusion_lab.core import (DDIMSampler, Denoiser, DPMSolverSampler, EulerSampler, LogNormalSigma, ScheduleDDPM,
-                                ScheduleFlow, ScheduleLogLinear, UniformFlowTime, diffusion_loss, sample_dpmpp_2m,
+                                ScheduleFlow, ScheduleLogLinear, UniformFlowTime, diffusion_loss, sample_dpmpp,
                                 sigma_from_t, t_from_sigma)
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.models import IdealDenoiser
@@ -161,10 +161,11 @@ def test_euler_on_flow_levels_is_euler_on_the_flow_ode_in_t():
         assert torch.allclose(ours[i].double() / (1 + levels[i + 1]), z, atol=1e-5)
 
 
-def diffusers_reference(algorithm: str, steps: int, eps_fn, x_ve: torch.Tensor, noises=None) -> tuple:
+def diffusers_reference(algorithm: str, order: int, steps: int, eps_fn, x_ve: torch.Tensor, noises=None) -> tuple:
     from diffusers import DPMSolverMultistepScheduler
     sched = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear", algorithm_type=algorithm,
-                                        solver_order=2, solver_type="midpoint", final_sigmas_type="zero")
+                                        solver_order=order, solver_type="midpoint", final_sigmas_type="zero",
+                                        lower_order_final=False)
     sched.set_timesteps(steps)
     sigmas = sched.sigmas.double()  # (steps + 1,) variance-exploding levels, the last 0
     sample = x_ve / (1 + sigmas[0] ** 2).sqrt()
@@ -177,8 +178,9 @@ def diffusers_reference(algorithm: str, steps: int, eps_fn, x_ve: torch.Tensor, 
     return sigmas, out
 
 
+@pytest.mark.parametrize("order", [2, 3])
 @pytest.mark.parametrize("sde", [False, True])
-def test_dpm_solver_pp_matches_diffusers_step_by_step(sde):
+def test_dpm_solver_pp_matches_diffusers_step_by_step(sde, order):
     torch.manual_seed(5)
     data = torch.randn(8, 3, dtype=torch.float64)
     model = Denoiser(IdealDenoiser(data))
@@ -186,9 +188,10 @@ def test_dpm_solver_pp_matches_diffusers_step_by_step(sde):
     steps = 12
     gen = torch.Generator().manual_seed(7)
     noises = [torch.randn(4, 3, generator=gen, dtype=torch.float64) for _ in range(steps)] if sde else None
-    sigmas, ref = diffusers_reference("sde-dpmsolver++" if sde else "dpmsolver++", steps,
+    sigmas, ref = diffusers_reference("sde-dpmsolver++" if sde else "dpmsolver++", order, steps,
                                       lambda x, s: model(x, s), x_ve, noises)
-    ours = list(sample_dpmpp_2m(model, sigmas, xt=x_ve.clone(), sde=sde, generator=torch.Generator().manual_seed(7)))
+    ours = list(sample_dpmpp(model, sigmas, xt=x_ve.clone(), sde=sde, order=order,
+                             generator=torch.Generator().manual_seed(7)))
     assert len(ours) == len(ref) == steps
     for i, (a, b) in enumerate(zip(ours, ref)):
         assert torch.allclose(a, b.double(), rtol=1e-6, atol=1e-6 * (1 + sigmas[i + 1].item())), i
@@ -206,6 +209,7 @@ def test_dpm_solver_pp_lands_on_training_points_in_few_steps_as_ddim_does_in_man
         return torch.cdist(out, data).min(1).values.max().item()
 
     assert distance(DPMSolverSampler(steps=15)) < 1e-2
+    assert distance(DPMSolverSampler(steps=15, order=3)) < 1e-2
     assert distance(DDIMSampler(steps=50)) < 1e-2
     assert distance(DDIMSampler(steps=15)) > distance(DPMSolverSampler(steps=15))
 
@@ -221,8 +225,8 @@ def test_bad_objective_settings_name_the_key(kwargs, key):
 
 
 def test_unsupported_solver_order_names_the_key():
-    with pytest.raises(ConfigError, match=r"^sampler.order=3 is not supported"):
-        DPMSolverSampler(order=3)
+    with pytest.raises(ConfigError, match=r"^sampler.order=4 is not supported"):
+        DPMSolverSampler(order=4)
 
 
 def test_first_order_dpm_solver_pp_is_ddim():

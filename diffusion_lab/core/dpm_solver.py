@@ -12,54 +12,75 @@ from diffusion_lab.errors import ConfigError
 
 
 def _check_order(order: int) -> None:
-    if order not in (1, 2):
-        raise ConfigError(f"sampler.order={order!r} is not supported: DPM-Solver++ here has order 1 or 2")
+    if order not in (1, 2, 3):
+        raise ConfigError(f"sampler.order={order!r} is not supported: DPM-Solver++ here has order 1, 2 or 3")
 
 
 @torch.no_grad()
 @_in_eval_mode
-def sample_dpmpp_2m(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
-                    cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
-                    order: int = 2, sde: bool = False) -> Iterator[torch.Tensor]:
-    """DPM-Solver++(2M) (Lu et al. 2022, alg. 2, midpoint form), or with sde=True its SDE variant (2M-SDE); order=1
-    is DPM-Solver++(1), which is DDIM (or its SDE counterpart).
+def sample_dpmpp(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
+                 cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
+                 order: int = 2, sde: bool = False) -> Iterator[torch.Tensor]:
+    """DPM-Solver++ (Lu et al. 2022): (2M), alg. 2 in its midpoint form, or the third-order multistep (3M) with
+    order=3, or with sde=True their SDE variants; order=1 is DPM-Solver++(1), which is DDIM (or its SDE counterpart).
 
-    Multistep on the denoised x0 in lambda = -log(sigma), h = log(sigma / sigma_next): the ODE step is
-    x' = (sigma'/sigma) x + (1 - sigma'/sigma) D, the SDE step x' = (sigma'/sigma)^2 x + (1 - (sigma'/sigma)^2) D +
-    sigma' sqrt(1 - (sigma'/sigma)^2) noise, with D = x0 on the first step and on a step to sigma' = 0, else
-    D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev, r = h_prev / h. As diffusers' DPMSolverMultistepScheduler
-    (algorithm_type "dpmsolver++" / "sde-dpmsolver++", solver_type "midpoint") with the same levels.
+    Multistep on the denoised x0 in lambda = -log(sigma), h = log(sigma / sigma'), a = sigma'/sigma = exp(-h):
+    ODE x' = a x + (1 - a) x0 + c1 D1 + c2 D2, SDE x' = a^2 x + (1 - a^2) x0 + c1 D1 + c2 D2 + sigma' sqrt(1 - a^2)
+    noise, with D1, D2 the scaled divided differences of the last evaluations (`_derivatives`) and c1, c2 the
+    exponential integrator's weights (`_weights`). The first steps use the order the evaluations so far allow; the
+    step to sigma' = 0 returns x0. As diffusers' DPMSolverMultistepScheduler (algorithm_type "dpmsolver++" or
+    "sde-dpmsolver++", solver_type "midpoint", lower_order_final off) with the same levels.
     """
     _check_order(order)
     sigmas, xt, guide = _setup(model, sigmas, xt, batch_size, cond, guidance, generator)
     levels = sigmas.tolist()
-    x0_prev, h_prev = None, None
+    x0s, hs = [], []  # the last `order` evaluations, and the steps in lambda that led to them
     for sig, sig_next in zip(levels[:-1], levels[1:]):
-        x0 = xt - sig * guide(model, xt, sig, cond)  # (B, ...)
+        x0s = [*x0s, xt - sig * guide(model, xt, sig, cond)][-order:]  # (B, ...) each
         if sig_next == 0:
-            xt = x0
+            xt = x0s[-1]
         else:
-            h = math.log(sig / sig_next)
-            d = x0
-            if order == 2 and x0_prev is not None:
-                r = h_prev / h
-                d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
-            ratio = sig_next / sig
+            hs = [*hs, math.log(sig / sig_next)][-order:]
+            a = sig_next / sig
+            xt = (a**2 if sde else a) * xt + (1 - a**2 if sde else 1 - a) * x0s[-1]
+            for c, d in zip(_weights(hs[-1], len(x0s), sde), _derivatives(x0s, hs)):
+                xt = xt + c * d
             if sde:
-                noise = randn(xt.shape, generator, xt.device, xt.dtype)
-                xt = ratio**2 * xt + (1 - ratio**2) * d + sig_next * (1 - ratio**2) ** 0.5 * noise
-            else:
-                xt = ratio * xt + (1 - ratio) * d
-            h_prev = h
-        x0_prev = x0
+                xt = xt + sig_next * (1 - a**2) ** 0.5 * randn(xt.shape, generator, xt.device, xt.dtype)
         yield xt
 
 
-class DPMSolverSampler(Sampler):
-    """`sample_dpmpp_2m`: DPM-Solver++(2M) (order 2) or (1), or their SDE variants with sde=True; one evaluation
-    per step."""
+def _derivatives(x0s: list[torch.Tensor], hs: list[float]) -> list[torch.Tensor]:
+    """[D1] from two evaluations, [D1, D2] from three, [] from one: the divided differences of x0 in lambda, scaled
+    by the step h = hs[-1], that diffusers' multistep updates take (hs[i]: the step taken from x0s[i]'s level)."""
+    if len(x0s) < 2:
+        return []
+    h = hs[-1]
+    d1_0 = (x0s[-1] - x0s[-2]) * (h / hs[-2])
+    if len(x0s) == 2:
+        return [d1_0]
+    r0, r1 = hs[-2] / h, hs[-3] / h
+    d1_1 = (x0s[-2] - x0s[-3]) / r1
+    return [d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1), (d1_0 - d1_1) / (r0 + r1)]
 
-    method = staticmethod(sample_dpmpp_2m)
+
+def _weights(h: float, order: int, sde: bool) -> list[float]:
+    """[c1] (second order, midpoint) or [c1, c2] (third order): the weights of D1 and D2 in a step of size h."""
+    e = math.exp(-2 * h) if sde else math.exp(-h)
+    if order < 2:
+        return []
+    if order == 2:
+        return [0.5 * (1 - e)]
+    if sde:
+        return [(1 - e) / (-2 * h) + 1, (1 - e - 2 * h) / (2 * h) ** 2 - 0.5]
+    return [(e - 1) / h + 1, -((e - 1 + h) / h**2 - 0.5)]
+
+
+class DPMSolverSampler(Sampler):
+    """`sample_dpmpp`: DPM-Solver++(2M) (order 2), (3M) (order 3) or (1), or their SDE variants with sde=True; one
+    evaluation per step."""
+
+    method = staticmethod(sample_dpmpp)
 
     def __init__(self, steps: int = 20, order: int = 2, sde: bool = False, schedule: Schedule | None = None):
         super().__init__(steps, schedule)
