@@ -1,4 +1,5 @@
 """The framework: every config option composes and instantiates; training, checkpoints, resume, loggers."""
+import copy
 import csv
 import subprocess
 import sys
@@ -37,6 +38,7 @@ EXTRA = {
 def test_every_group_option_composes_and_instantiates(compose_cfg, group, option):
     cfg = compose_cfg([f"{group}={option}", *EXTRA.get((group, option), [])])
     assert OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    OmegaConf.resolve(copy.deepcopy(cfg))  # and in place, as `train.py --cfg job --resolve` does: none to a dict
     if group == "data" and option in NEEDS_FILES:
         patch = {"root": "/nonexistent"} if option == "image_folder" else {"download": False}
         with pytest.raises(Exception) as err:  # no files here: a clear one-line DataError, not a crash

@@ -6,5 +6,5 @@ from diffusion_lab.training.evaluation import SampleQuality
 from diffusion_lab.training.latent import LatentDiffusionModule
 from diffusion_lab.training.lr import WarmupCosine
 from diffusion_lab.training.module import DiffusionModule
-from diffusion_lab.training.progress import LearningRateMonitor, StepProgressBar
+from diffusion_lab.training.progress import LearningRateMonitor, StepProgressBar, step_progress_bar
 from diffusion_lab.training.summary import RunSummary

@@ -51,6 +51,12 @@ class StepProgressBar(callbacks.TQDMProgressBar):
         super().on_train_end(trainer, *args)
 
 
+def step_progress_bar(enabled: bool = True, refresh_rate: int = 1) -> callbacks.Callback:
+    """The StepProgressBar, or a no-op callback when disabled (Lightning refuses a bar with enable_progress_bar
+    off): what `callbacks.progress_bar` builds from the trainer's settings."""
+    return StepProgressBar(refresh_rate) if enabled else callbacks.Callback()
+
+
 class LearningRateMonitor(callbacks.LearningRateMonitor):
     """Lightning's LearningRateMonitor, except that a run without loggers (logger=none) skips it instead of failing,
     and that it logs once per optimizer step (Lightning's repeats the value for each batch accumulated into one)."""
