@@ -2,11 +2,13 @@
 
 It asserts nothing about speed: the benchmark's numbers depend on the machine and its load.
 """
+import importlib
 import json
 
 import pytest
+from scipy import stats
 
-from tests.helpers import run_script
+from tests.helpers import ROOT, run_script
 
 RUN_FIELDS = {"step_ms", "cpu_ms", "samples_per_s", "peak_memory_mib", "host_reads_per_step"}
 WORKLOAD_FIELDS = {"batch", "steps", "warmup", "rounds", "params", "flops_per_step", "framework", "plain", "fast",
@@ -14,7 +16,7 @@ WORKLOAD_FIELDS = {"batch", "steps", "warmup", "rounds", "params", "flops_per_st
                    "noise", "options"}
 SAMPLING_FIELDS = {"framework", "fast", "fast_speedup", "batch", "steps", "sampler", "forwards_per_step",
                    "host_reads_per_step"}
-SPREAD_FIELDS = {"median", "min", "max", "n", "half_range"}
+SPREAD_FIELDS = {"median", "min", "max", "n", "ci", "resolution"}
 
 
 @pytest.mark.slow
@@ -38,3 +40,24 @@ def test_smoke_benchmark_quick_writes_json_and_markdown(tmp_path):
     noise = toy["noise"]["ddpm_noise"]
     assert noise["draw_ms"]["draws"] == 21 and noise["draw_ms"]["per_sample"] > 0  # the start, then one per step
     assert noise["cost_quartiles"][0] <= noise["cost"] <= noise["cost_quartiles"][1]
+
+
+@pytest.fixture
+def measure(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    return importlib.import_module("benchmarking.measure")
+
+
+@pytest.mark.parametrize("n", [5, 6, 10, 12, 20, 31])
+def test_median_interval_is_the_narrowest_pair_of_order_statistics_covering_95_percent(measure, n):
+    def coverage(k):  # P(x_(k) <= median <= x_(n-k+1)) for any continuous distribution
+        return 1 - 2 * stats.binom.cdf(k - 1, n, 0.5)
+
+    ci = measure.median_ci([float(v) for v in range(n, 0, -1)])  # the value v is the v-th smallest
+    if n < 6:
+        assert ci is None and coverage(1) < 0.95
+    else:
+        k = int(ci[0])
+        assert ci[1] == n - k + 1 and coverage(k) >= 0.95 > coverage(k + 1)
+        sp = measure.spread([float(v) for v in range(1, n + 1)])
+        assert sp["ci"] == ci and sp["resolution"] == pytest.approx((n - 2 * k + 1) / 2 / sp["median"])

@@ -1,5 +1,6 @@
 """Timers of the benchmark (`python scripts/benchmark.py`): step windows, host-read counts, peak memory, matmul peak."""
 import cProfile
+import math
 import pstats
 import statistics
 import time
@@ -115,11 +116,27 @@ class StepTimer(Callback):
 
 
 def spread(values: list[float]) -> dict:
-    """Median, minimum and maximum of repeated measurements, and the half range relative to the median (the
-    resolution: two medians closer than it are not told apart; None from one measurement)."""
-    median = statistics.median(values)
-    return dict(median=median, min=min(values), max=max(values), n=len(values),
-                half_range=(max(values) - min(values)) / 2 / median if median and len(values) > 1 else None)
+    """Median, minimum, maximum and the 95% confidence interval of the median (`median_ci`) of repeated
+    measurements, and the resolution: the interval's half width relative to the median (the half range under 6
+    measurements, which give no 95% interval; None from one), so a change larger than it moves the median out."""
+    median, ci = statistics.median(values), median_ci(values)
+    lo, hi = ci or (min(values), max(values))
+    return dict(median=median, min=min(values), max=max(values), n=len(values), ci=ci,
+                resolution=(hi - lo) / 2 / median if median and len(values) > 1 else None)
+
+
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """The distribution-free confidence interval of the median: the k-th smallest and k-th largest of n values,
+    k the largest rank with P(Binomial(n, 1/2) < k) <= (1 - level) / 2 (coverage >= level whatever the
+    distribution); None when n is too small for the level (n < 6 at 95%)."""
+    n, k, below = len(values), 0, 0.0
+    while below + math.comb(n, k) / 2**n <= (1 - level) / 2:
+        below += math.comb(n, k) / 2**n
+        k += 1
+    if k == 0:
+        return None
+    ordered = sorted(values)
+    return ordered[k - 1], ordered[n - k]
 
 
 def ratio_spread(numerators: list[float], denominators: list[float]) -> dict:

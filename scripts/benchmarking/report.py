@@ -28,7 +28,9 @@ def fmt(x, spec: str = ".3g") -> str:
 
 
 def rng(sp: dict, spec: str = ".3g") -> str:
-    """A spread as `median (min-max)`."""
+    """A spread as `median [95% interval of the median]`, or `median (min-max)` when too few rounds give none."""
+    if sp.get("ci"):
+        return f"{fmt(sp['median'], spec)} [{fmt(sp['ci'][0], spec)}-{fmt(sp['ci'][1], spec)}]"
     return f"{fmt(sp['median'], spec)} ({fmt(sp['min'], spec)}-{fmt(sp['max'], spec)})"
 
 
@@ -37,8 +39,10 @@ def training_table(m: dict, w: dict) -> list[str]:
     peaks = ", ".join(f"{k} {fmt(v)} TFLOP/s" if v else f"{k} not native (emulated; not measured)"
                       for k, v in m["peak_matmul_tflops"].items())
     lines = [f"{m['device']} ({m['cores']} cores, torch threads {m['threads']}); torch {m['torch']}, lightning "
-             f"{m['lightning']}; peak matmul measured in this run: {peaks}. Each figure: median (min-max) over the "
-             "rounds; a round times the framework, the plain loop and speed=fast in turn.", "",
+             f"{m['lightning']}; peak matmul measured in this run: {peaks}. Each figure: the median over the rounds "
+             "with [its 95% confidence interval] (from the rounds' order statistics; from 6 rounds on), else "
+             "(min-max); a round times the framework, the plain loop and speed=fast in turn, and a ratio is the "
+             "median of the rounds' paired ratios.", "",
              "| workload | batch | steps x rounds | framework samples/s | plain samples/s | framework / plain "
              "| speed=fast samples/s | fast / framework | overhead ms/step | peak memory MiB (fw / plain / fast) | MFU "
              "| host reads/step (fw / plain) | plain loop has EMA |", "|---" * 13 + "|"]
