@@ -34,7 +34,7 @@ def sample_dpmpp(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | N
     _check_order(order)
     sigmas, xt, guide = _setup(model, sigmas, xt, batch_size, cond, guidance, generator)
     levels = sigmas.tolist()
-    x0s, hs = [], []  # the last `order` evaluations, and the steps in lambda that led to them
+    x0s, hs = [], []  # the last `order` evaluations, and the steps in lambda taken from their levels
     for sig, sig_next in zip(levels[:-1], levels[1:]):
         x0s = [*x0s, xt - sig * guide(model, xt, sig, cond)][-order:]  # (B, ...) each
         if sig_next == 0:
