@@ -42,7 +42,8 @@ def sample_dpmpp(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | N
         else:
             hs = [*hs, math.log(sig / sig_next)][-order:]
             a = sig_next / sig
-            xt = (a**2 if sde else a) * xt + (1 - a**2 if sde else 1 - a) * x0s[-1]
+            e = a**2 if sde else a  # the weight that stays on xt
+            xt = e * xt + (1 - e) * x0s[-1]
             for c, d in zip(_weights(hs[-1], len(x0s), sde), _derivatives(x0s, hs)):
                 xt = xt + c * d
             if sde:

@@ -93,11 +93,11 @@ def noise_cost(setup: SamplingSetup, n: int, seed: int, device: torch.device, ro
         draws = noise_draw_times(streams[-1].shapes, n, seed, device)
         per, one = spread(times["per_sample"]), spread(times["one"])
         ratios = ratio_spread(times["per_sample"], times["one"])  # paired within each round
-        quartiles = statistics.quantiles(ratios["values"], n=4) if rounds >= 4 else [None] * 3
+        quartiles = statistics.quantiles(ratios["values"], n=4) if rounds >= 4 else None
         out[name] = dict(sampler=type(sampler).__name__, batch=n, steps=steps, rounds=rounds,
                          per_sample_samples_per_s=n / per["median"], one_generator_samples_per_s=n / one["median"],
                          cost=ratios["median"] - 1,
-                         cost_quartiles=None if rounds < 4 else [quartiles[0] - 1, quartiles[2] - 1],
+                         cost_quartiles=quartiles and [quartiles[0] - 1, quartiles[2] - 1],
                          draw_ms=draws, draw_cost=(draws["per_sample"] - draws["one"]) / 1e3 / one["median"])
     return out
 
