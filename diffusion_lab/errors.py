@@ -19,3 +19,9 @@ class CheckpointError(DiffusionLabError):
 
 class NonFiniteError(DiffusionLabError, FloatingPointError):
     """Training produced a non-finite loss or gradient; raised before the optimizer step."""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """err's message as one line of at most `limit` characters (its type's name when it has no message)."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:limit] if lines else type(err).__name__

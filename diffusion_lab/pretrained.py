@@ -18,16 +18,11 @@ from diffusion_lab.core.guidance import ClassifierFreeGuidance, Guidance
 from diffusion_lab.core.parameterization import Denoiser
 from diffusion_lab.core.samplers import DDIMSampler, Generators, Sampler
 from diffusion_lab.core.schedules import Schedule, sigma_from_alpha_bar
-from diffusion_lab.errors import CheckpointError, ConfigError
+from diffusion_lab.errors import CheckpointError, ConfigError, first_line
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}  # diffusers' names -> Denoiser's
-
-
-def _first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def _looks_like_path(name: str) -> bool:
@@ -50,7 +45,7 @@ def load_pipeline(pretrained: str, local_files_only: bool = True, dtype: str = "
     except (OSError, ValueError) as err:
         if is_folder:
             raise CheckpointError(f"pretrained={pretrained!r}: cannot load the pipeline in this folder "
-                                  f"({_first_line(err)})") from err
+                                  f"({type(err).__name__}: {first_line(err)})") from err
         raise ConfigError(f"pretrained={pretrained!r} is not a local folder and is not available offline "
                           f"({type(err).__name__}); pass a local folder made with save_pretrained") from err
     # cast after loading: from_pretrained's dtype argument is named differently across diffusers versions

@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from diffusion_lab.errors import DiffusionLabError
+from diffusion_lab.errors import DiffusionLabError, first_line
 
 # Optional packages and the extra that installs each: a user who picks an option needing one is told which.
 EXTRAS = {"wandb": "wandb", "tensorboard": "tensorboard", "tensorboardX": "tensorboard", "sklearn": "digits",
@@ -175,16 +175,14 @@ def _first_line(exc: BaseException) -> str:
     `Caught X in DataLoader worker process N.\nOriginal Traceback ...\n<module>.X: <message>`.
     """
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    if lines[0].startswith("Caught ") and len(lines) > 1 and lines[1].startswith("Original Traceback"):
+    if len(lines) > 1 and lines[0].startswith("Caught ") and lines[1].startswith("Original Traceback"):
         names = (f"{type(exc).__module__}.{type(exc).__qualname__}: ", f"{type(exc).__qualname__}: ")
         for line in reversed(lines[2:]):
             for name in names:
                 if line.startswith(name):
                     return line[len(name):].strip()
         return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1].strip(), count=1)
-    return lines[0]
+    return first_line(exc, limit=10_000)
 
 
 def _full_key(message: str) -> str | None:

@@ -17,7 +17,7 @@ from hydra.utils import get_object, instantiate
 from torch import nn
 
 from diffusion_lab.core import ClassifierFreeGuidance, ClassifierGuidance, Guidance
-from diffusion_lab.errors import CheckpointError, ConfigError
+from diffusion_lab.errors import CheckpointError, ConfigError, first_line
 from diffusion_lab.models.weights import has_ema, load_weights, model_state, part_state, read_checkpoint
 from diffusion_lab.sampling import SamplingSetup, autocast_dtype
 
@@ -99,7 +99,7 @@ def _rebuild(path: Path, what: str, config: dict, **parts) -> nn.Module:
     except Exception as err:  # noqa: BLE001 - a config from another version of the code
         while err.__cause__ is not None:  # Hydra wraps the constructor's own error
             err = err.__cause__
-        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        why = first_line(err)
         raise CheckpointError(f"ckpt={path}: cannot rebuild the {what} from its saved config ({why})") from None
 
 

@@ -42,6 +42,14 @@ def _check_range(name_lo: str, lo: float, name_hi: str, hi: float) -> None:
         raise ConfigError(f"{name_lo}={lo} and {name_hi}={hi} must satisfy 0 < {name_lo} < {name_hi}")
 
 
+def _check_betas(N: int, beta_start: float, beta_end: float) -> None:
+    """The rule every beta schedule shares: N >= 1 levels and 0 < beta_start < beta_end < 1."""
+    _check_count(N)
+    _check_range("beta_start", beta_start, "beta_end", beta_end)
+    if beta_end >= 1:
+        raise ConfigError(f"beta_end={beta_end} must be < 1")
+
+
 def _sigmas_from_betas(betas: torch.Tensor) -> torch.Tensor:
     alpha_bar = torch.cumprod(1 - betas, dim=0)  # (N,)
     return sigma_from_alpha_bar(alpha_bar)
@@ -116,10 +124,7 @@ class ScheduleDDPM(Schedule):
     """Linear betas from beta_start to beta_end (Ho et al. 2020)."""
 
     def __init__(self, N: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02):
-        _check_count(N)
-        _check_range("beta_start", beta_start, "beta_end", beta_end)
-        if beta_end >= 1:
-            raise ConfigError(f"beta_end={beta_end} must be < 1")
+        _check_betas(N, beta_start, beta_end)
         super().__init__(_sigmas_from_betas(torch.linspace(beta_start, beta_end, N, dtype=torch.float64)))
 
 
@@ -127,10 +132,7 @@ class ScheduleQuadratic(Schedule):
     """Betas linear in sqrt(beta): beta_t = (sqrt(beta_start) + t/(N-1) (sqrt(beta_end) - sqrt(beta_start)))^2."""
 
     def __init__(self, N: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02):
-        _check_count(N)
-        _check_range("beta_start", beta_start, "beta_end", beta_end)
-        if beta_end >= 1:
-            raise ConfigError(f"beta_end={beta_end} must be < 1")
+        _check_betas(N, beta_start, beta_end)
         root = torch.linspace(beta_start**0.5, beta_end**0.5, N, dtype=torch.float64)
         super().__init__(_sigmas_from_betas(root**2))
 
@@ -146,10 +148,7 @@ class ScheduleSigmoid(Schedule):
     """Betas on a sigmoid over [-6, 6] between beta_start and beta_end (GeoDiff, Xu et al. 2022)."""
 
     def __init__(self, N: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02):
-        _check_count(N)
-        _check_range("beta_start", beta_start, "beta_end", beta_end)
-        if beta_end >= 1:
-            raise ConfigError(f"beta_end={beta_end} must be < 1")
+        _check_betas(N, beta_start, beta_end)
         s = torch.sigmoid(torch.linspace(-6, 6, N, dtype=torch.float64))
         super().__init__(_sigmas_from_betas(s * (beta_end - beta_start) + beta_start))
 

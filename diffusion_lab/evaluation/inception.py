@@ -5,7 +5,7 @@ torch downloads it into $TORCH_HOME/hub/checkpoints on first use, or `weights` g
 """
 import torch
 
-from diffusion_lab.errors import ConfigError
+from diffusion_lab.errors import ConfigError, first_line
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -20,7 +20,7 @@ def inception_features(weights: str | None = None) -> torch.nn.Module:
     except ModuleNotFoundError as err:
         raise ConfigError(f"metric fid/kid needs torch-fidelity ({err}): pip install torch-fidelity") from None
     except Exception as err:  # noqa: BLE001 - download and unpickling failures have many types
-        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        why = first_line(err, 160)
         if weights:
             raise ConfigError(f"inception_weights={weights}: cannot load it ({why}); give a local copy of "
                               f"{WEIGHTS_FILE}") from None

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffusion_lab.errors import CheckpointError
+from diffusion_lab.errors import CheckpointError, first_line
 
 PREFIXES = ("module.", "_orig_mod.")  # added by DDP / DataParallel and torch.compile
 
@@ -22,7 +22,7 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch.load raises many types for a truncated or foreign file
-        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        why = first_line(err)
         raise CheckpointError(f"ckpt={path}: cannot read the file, it is truncated or not a torch checkpoint "
                               f"({why})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) or "state_dict" not in ckpt:
