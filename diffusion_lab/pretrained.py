@@ -5,7 +5,7 @@ presents it in the frame of the core samplers, x = x0 + sigma * eps, so any core
 guidance drive it. diffusers and transformers are imported only when a pipeline is loaded.
 
     den = DiffusersDenoiser("path/to/folder_from_save_pretrained")
-    images = text_to_image(den, ["a photo of a cat"], sampler=DDIMSampler(steps=50), guidance_scale=7.5)
+    images = text_to_image(den, ["a photo of a cat"], sampler=Sampler(sample_ddim, steps=50), guidance_scale=7.5)
 """
 
 import os
@@ -15,14 +15,14 @@ import torch
 from torch import Tensor, nn
 
 from diffusion_lab.core.guidance import ClassifierFreeGuidance, Guidance
-from diffusion_lab.core.parameterization import Denoiser
-from diffusion_lab.core.samplers import DDIMSampler, Generators, Sampler
+from diffusion_lab.core.objectives import PredEps, PredV, PredX0
+from diffusion_lab.core.samplers import Generators, Sampler, sample_ddim
 from diffusion_lab.core.schedules import Schedule, sigma_from_alpha_bar
 from diffusion_lab.errors import CheckpointError, ConfigError, first_line
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
-PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}  # diffusers' names -> Denoiser's
+PREDICTIONS = {"epsilon": PredEps, "v_prediction": PredV, "sample": PredX0}  # diffusers' prediction_type
 
 
 def _looks_like_path(name: str) -> bool:
@@ -82,7 +82,7 @@ class UNetAdapter(nn.Module):
 class DiffusersDenoiser(nn.Module):
     """A frozen Stable-Diffusion-layout pipeline as an eps-predictor `forward(x, sigma, cond)` in the sigma frame.
 
-    The UNet, a `UNetAdapter` wrapped by `Denoiser(prediction, scaled_input=True)`, gets x_vp = x / sqrt(1 + sigma^2)
+    The UNet, a `UNetAdapter` wrapped by the objective of its prediction_type (scaled_input), gets x_vp = x / sqrt(1 + sigma^2)
     at the fractional timestep `schedule.timestep(sigma)`; its eps, v (Salimans & Ho 2022) or x0 output is returned
     as eps. `cond` comes from `encode_prompt`: (B, 2, L, D) with the prompt's and the negative prompt's text
     embeddings, so `null_cond` needs no state and `ClassifierFreeGuidance(scale, convention="uncond")` is the usual
@@ -104,7 +104,7 @@ class DiffusersDenoiser(nn.Module):
         if self.prediction not in PREDICTIONS:
             raise ConfigError(f"prediction_type={self.prediction!r} must be one of {list(PREDICTIONS)}")
         self.schedule = schedule_from_scheduler(self.scheduler)
-        self.denoiser = Denoiser(UNetAdapter(pipe.unet, self.schedule), PREDICTIONS[self.prediction], scaled_input=True)
+        self.denoiser = PREDICTIONS[self.prediction](UNetAdapter(pipe.unet, self.schedule), scaled_input=True)
         self.input_dims = self._latent_dims(height, width)
         self.requires_grad_(False).eval()
         self.register_buffer("empty_embedding", self._embed([""]), persistent=False)  # (1, L, D)
@@ -175,7 +175,7 @@ class DiffusersDenoiser(nn.Module):
 def text_to_image(denoiser: DiffusersDenoiser, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None,
                   sampler: Sampler | None = None, guidance_scale: float = 7.5, generator: Generators = None) -> Tensor:
     """Text-to-image with a core sampler (default DDIM, 50 steps) and classifier-free guidance; images in [-1, 1]."""
-    sampler = sampler or DDIMSampler(steps=50)
+    sampler = sampler or Sampler(sample_ddim, steps=50)
     cond = denoiser.encode_prompt(prompts, negative_prompts)  # (B, 2, L, D)
     guidance = Guidance() if guidance_scale == 1 else ClassifierFreeGuidance(guidance_scale, convention="uncond")
     x = None

@@ -12,29 +12,27 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion_lab.app.loading import build_dataset, load_run, sampling_setup  # noqa: E402
 from diffusion_lab.app.runs import logged  # noqa: E402
-from diffusion_lab.evaluation import Evaluator, data_classifier, evaluation_sets  # noqa: E402
+from diffusion_lab.app.sampling import build_dataset  # noqa: E402
+from diffusion_lab.build import load_model  # noqa: E402
+from diffusion_lab.evaluation import reference_evaluator  # noqa: E402
 from diffusion_lab.sampling import generate  # noqa: E402
 
 
 def rescore(run_dir: Path, metrics: list[str], noise: float) -> dict[str, dict[str, float]]:
     """{metric: {clean, noised}}: the final checkpoint's evaluation samples scored as in training, and with noise."""
-    config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+    model = load_model(run_dir / "checkpoints" / "last.ckpt")
+    config = model.config
     settings = config["callbacks"]["evaluate"]
-    run = load_run(run_dir / "checkpoints" / "last.ckpt")
     dataset = build_dataset(config)
-    sets = evaluation_sets(dataset, settings["num_samples"], settings.get("data_seed", 0))
-    classifier = None
-    if sets.reference.ndim == 4:
-        classifier = data_classifier(dataset, config["data"]["dataset"], settings["classifier_cache"],
-                                     settings.get("classifier_steps", 500))
-    evaluate = Evaluator(sets.reference, metrics, conditional=run.model.num_classes > 0, classifier=classifier)
-    out = generate(sampling_setup(run), sets.size, 256, config["seed"])
+    num_samples = settings.get("num_samples") or config["module"]["num_samples"]  # where runs before issue 27 kept it
+    evaluate, sets = reference_evaluator(dataset, config["data"]["dataset"], num_samples, metrics,
+                                         model.num_classes > 0, settings["classifier_cache"],
+                                         settings.get("classifier_steps", 500), seed=settings.get("data_seed", 0))
+    out = generate(model, sets.size, 256, config["seed"])
     g = torch.Generator().manual_seed(0)
     noised = out.x + noise * torch.randn(out.x.shape, generator=g)  # (N, ...)
     clean, noisy = evaluate(out.x, out.labels), evaluate(noised, out.labels)

@@ -45,7 +45,7 @@ class DumpWeights(Callback):
 
     def on_train_end(self, trainer, pl_module):
         os.makedirs(self.dirpath, exist_ok=True)
-        torch.save(pl_module.model.state_dict(), os.path.join(self.dirpath, f"rank{trainer.global_rank}.pt"))
+        torch.save(pl_module.objective.state_dict(), os.path.join(self.dirpath, f"rank{trainer.global_rank}.pt"))
 
 
 class SignalAtStep(Callback):

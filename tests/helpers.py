@@ -17,18 +17,19 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
 from diffusion_lab.app.config import CONFIG_DIR  # importing it registers the resolvers the configs use
+from diffusion_lab.checkpoints import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MNIST = ROOT.parent / "shared" / "data" / "mnist"  # the real MNIST test set, when this machine has it
 
 FAST = ["trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.log_every_n_steps=5",
         "callbacks.model_checkpoint.every_n_train_steps=10", "num_samples=16", "sampler.steps=5",
-        "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
-        "callbacks.evaluate.num_samples=16", "callbacks.evaluate.classifier_steps=20"]
+        "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "callbacks.evaluate.classifier_steps=20"]
 # 8 batches of 512 per epoch; checkpoints every 5 optimizer steps.
 BASE = [*FAST, "data.epoch_size=4096", "data.batch_size=512", "model.hidden_dims=[16,32,16]",
-        "trainer.val_check_interval=5", "callbacks.model_checkpoint.every_n_train_steps=5", "num_samples=8"]
+        "trainer.val_check_interval=5", "callbacks.model_checkpoint.every_n_train_steps=5"]
 TINY_DIT = ["model=dit", "data=digits", "model.depth=1", "model.num_heads=2", "model.head_dim=8", "model.patch_size=2"]
+CONDITIONAL = "model.num_classes=${data.num_classes}"  # the network takes the data's labels
 
 
 def config_options(group: str) -> list[str]:
@@ -93,8 +94,9 @@ def global_step(ckpt_path) -> int:
 
 
 def assert_same_training_state(a_path, b_path) -> None:
-    """Two checkpoints hold the same step, weights, EMA weights and optimizer state, bit for bit."""
-    a, b = (torch.load(p, weights_only=False) for p in (a_path, b_path))
+    """Two checkpoints hold the same step, weights, EMA weights and optimizer state, bit for bit (each read in
+    today's layout)."""
+    a, b = (read_checkpoint(p) for p in (a_path, b_path))
     assert a["global_step"] == b["global_step"]
     for key in ["state_dict", "ema_state_dict"]:
         assert a[key].keys() == b[key].keys()
@@ -149,9 +151,9 @@ def write_checkpoint(path: Path, overrides: list[str], config_patch: dict | None
     cfg = compose_train(overrides, path.parent)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = instantiate(cfg.parameterization, net=instantiate(cfg.model))
+        model = instantiate(cfg.objective, net=instantiate(cfg.model))
     ema = {k: v.clone() for k, v in model.state_dict().items()}
-    raw = {f"model.{k}": v + 0.05 if v.is_floating_point() else v for k, v in ema.items()}  # raw weights != EMA
+    raw = {f"objective.{k}": v + 0.05 if v.is_floating_point() else v for k, v in ema.items()}  # raw weights != EMA
     config = OmegaConf.to_container(OmegaConf.merge(cfg, config_patch or {}), resolve=True)
     torch.save({"epoch": 0, "global_step": 2, "pytorch-lightning_version": "2", "state_dict": raw,
                 "ema_state_dict": ema, "config": config}, path)
@@ -165,26 +167,26 @@ def write_tiny_checkpoints(folder: Path) -> dict[str, Path]:
     corrupt.write_bytes(toy.read_bytes()[: toy.stat().st_size // 2])
     return {"toy": toy, "corrupt": corrupt,
             "other": write_checkpoint(folder / "other.ckpt", [], {"model": {"hidden_dims": [16, 64, 16]}}),
-            "cond": write_checkpoint(folder / "cond.ckpt", [*TINY_DIT, "conditional=true", "guidance=cfg",
+            "cond": write_checkpoint(folder / "cond.ckpt", [*TINY_DIT, CONDITIONAL, "guidance=cfg",
                                                             "sampler.steps=3"]),
             "missing": folder / "missing.ckpt"}
 
 
-LATENT_STAGES = {"reconstruction": ["vae"], "diffusion": ["model", "vae"], "joint": ["classifier", "model", "vae"]}
+LATENT_STAGES = {"reconstruction": ["vae"], "diffusion": ["objective", "vae"], "joint": ["classifier", "objective", "vae"]}
 
 
 def write_latent_checkpoint(path: Path, stage: str) -> Path:
     """A latent-diffusion checkpoint of `stage` laid out as train.py experiment=mnist_latent writes it (model., vae.
     and classifier. weights, EMA, config, latent_parts), tiny and untrained."""
     cfg = compose_train(["experiment=mnist_latent", f"stage={stage}", "module.vae.ch=8", "module.classifier.ch=8",
-                         "model.ch=8", "model.ch_mult=[1]", "model.attn_resolutions=[]"], path.parent)
+                         "model.ch=8", "model.ch_mult=[1]", "model.attn_levels=[]"], path.parent)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        nets = {"model": instantiate(cfg.parameterization, net=instantiate(cfg.model)),
+        nets = {"objective": instantiate(cfg.objective, net=instantiate(cfg.model)),
                 "vae": instantiate(cfg.module.vae), "classifier": instantiate(cfg.module.classifier)}
     state = {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
     torch.save({"epoch": 0, "global_step": 2, "pytorch-lightning_version": "2", "state_dict": state,
-                "ema_state_dict": nets["model"].state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
+                "ema_state_dict": nets["objective"].state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
                 "latent_parts": LATENT_STAGES[stage]}, path)
     return path
 

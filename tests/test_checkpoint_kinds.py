@@ -7,7 +7,6 @@ weights and says so. The script runs start together and overlap the in-process c
 the command line are in test_bad_input.py.
 """
 import csv
-import dataclasses
 import math
 from pathlib import Path
 
@@ -15,11 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_lab.app.loading import load_run, sampling_setup
+from diffusion_lab.app.sampling import with_overrides
 from diffusion_lab.app.train import train
+from diffusion_lab.build import load_model
+from diffusion_lab.checkpoints import read_checkpoint, strip_prefixes
 from diffusion_lab.core import ClassifierGuidance
 from diffusion_lab.errors import CheckpointError, ConfigError
-from diffusion_lab.models.weights import read_checkpoint, strip_prefixes
 from diffusion_lab.sampling import generate, trajectory
 from tests.helpers import compose_train, start_script, write_square_digits
 
@@ -79,69 +79,68 @@ def cli(ckpts, tmp_path_factory):
 
 
 def test_latent_run_loads_the_ema_denoiser_and_the_trained_vae_and_classifier(ckpts):
-    for stage, parts in [("diffusion", ["model", "vae"]), ("joint", ["classifier", "model", "vae"])]:
-        ckpt, run = read_checkpoint(ckpts[stage]), load_run(ckpts[stage])
-        assert run.ema and run.parts == parts and (run.classifier is not None) == ("classifier" in parts)
-        for net, state in [(run.model, ckpt["ema_state_dict"]), (run.vae, strip_prefixes(ckpt["state_dict"], "vae."))]:
+    for stage, parts in [("diffusion", ["objective", "vae"]), ("joint", ["classifier", "objective", "vae"])]:
+        ckpt, model = read_checkpoint(ckpts[stage]), load_model(ckpts[stage])
+        assert ckpt["latent_parts"] == parts and (model.classifier is not None) == ("classifier" in parts)
+        for net, state in [(model.objective, ckpt["ema_state_dict"]),
+                           (model.vae, strip_prefixes(ckpt["state_dict"], "vae."))]:
             assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
-        assert run.vae.scale_factor.item() != 1.0  # fitted by the diffusion stage, saved with the VAE
+        assert model.vae.scale_factor.item() != 1.0  # fitted by the diffusion stage, saved with the VAE
 
 
 def test_latent_samples_are_the_vae_decoding_of_the_sampled_latents(ckpts):
-    run = load_run(ckpts["diffusion"])
-    setup = sampling_setup(run)
-    images = generate(setup, 4, batch_size=3, seed=7)
-    latents = generate(dataclasses.replace(setup, decode=None), 4, batch_size=3, seed=7)
+    model = load_model(ckpts["diffusion"])
+    images = generate(model, 4, batch_size=3, seed=7)
+    latents = generate(model.replace(vae=None), 4, batch_size=3, seed=7)
     assert latents.x.shape == (4, 2, 8, 8) and images.x.shape == (4, *IMAGE) and images.labels is None
-    assert torch.allclose(images.x, run.vae.decode(latents.x).clamp(-1, 1), atol=1e-6)
+    assert torch.allclose(images.x, model.vae.decode(latents.x).clamp(-1, 1), atol=1e-6)
     assert images.x.abs().max() <= 1
-    frames = trajectory(setup, 2, seed=7)
+    frames = trajectory(model, 2, seed=7)
     assert all(f.shape == (2, *IMAGE) for f in frames) and torch.allclose(frames[-1], images.x[:2], atol=1e-5)
 
 
 def test_classifier_guidance_draws_labels_for_an_unconditional_denoiser_and_moves_the_samples(ckpts):
-    run = load_run(ckpts["joint"])
-    plain, guided = sampling_setup(run), sampling_setup(run, classifier_scale=2.0)
+    plain = load_model(ckpts["joint"])
+    guided = with_overrides(plain, classifier_scale=2.0)
     assert isinstance(guided.guidance, ClassifierGuidance) and guided.guidance.scale == 2.0
-    assert guided.guidance.classifier is run.classifier and type(guided.guidance.base) is type(plain.guidance)
-    assert run.model.num_classes == 0 and plain.num_classes == 0 and guided.num_classes == 10
+    assert guided.guidance.classifier is plain.classifier and type(guided.guidance.base) is type(plain.guidance)
+    assert plain.objective.num_classes == 0 and plain.num_classes == 0 and guided.num_classes == 10
     assert guided.nfe == plain.nfe  # the classifier's passes are not denoiser evaluations
     a, b = generate(plain, 12, seed=0), generate(guided, 12, seed=0)
     assert a.labels is None and b.labels.tolist() == [*range(10), 0, 1]
     assert b.x.shape == (12, *IMAGE) and not torch.allclose(a.x, b.x, atol=1e-4)
-    assert torch.equal(generate(sampling_setup(run, classifier_scale=0), 12, seed=0).x, a.x)  # 0 = off
+    assert torch.equal(generate(with_overrides(plain, classifier_scale=0), 12, seed=0).x, a.x)  # 0 = off
 
 
 def test_checkpoints_that_cannot_sample_or_guide_are_refused_naming_the_setting(ckpts):
     with pytest.raises(CheckpointError, match="denoiser was never trained .*stage=reconstruction.*diffusion or joint"):
-        load_run(ckpts["reconstruction"])
-    with pytest.raises(ConfigError, match=r"classifier_scale=1.0: the classifier of ckpt=.* was never trained"):
-        sampling_setup(load_run(ckpts["diffusion"]), classifier_scale=1.0)
-    with pytest.raises(ConfigError, match="classifier_scale=1.0: .* not a latent-diffusion checkpoint"):
-        sampling_setup(load_run(ckpts["no_ema"]), classifier_scale=1.0)
+        load_model(ckpts["reconstruction"])
+    for ckpt in ("diffusion", "no_ema"):  # a classifier never trained, or none at all
+        with pytest.raises(ConfigError, match=r"^classifier_scale=1.0: the checkpoint has no trained classifier"):
+            with_overrides(load_model(ckpts[ckpt]), classifier_scale=1.0)
     with pytest.raises(ConfigError, match="classifier_scale=-0.5 must be a number >= 0"):
-        sampling_setup(load_run(ckpts["joint"]), classifier_scale=-0.5)
+        with_overrides(load_model(ckpts["joint"]), classifier_scale=-0.5)
 
 
-def test_a_run_without_ema_loads_its_raw_weights_by_default(ckpts, capfd):
+def test_a_run_without_ema_loads_its_raw_weights_by_default(ckpts, caplog):
     ckpt = read_checkpoint(ckpts["no_ema"])
     assert "ema_state_dict" not in ckpt
-    capfd.readouterr()
-    run = load_run(ckpts["no_ema"])
-    notes = capfd.readouterr().err.strip().splitlines()
-    assert notes == [f"note: ckpt={ckpts['no_ema']}: no EMA weights (trained without callbacks.ema); sampling with "
-                     "the raw training weights"]
-    raw = strip_prefixes(ckpt["state_dict"], "model.")
-    assert not run.ema and all(torch.equal(v, raw[k]) for k, v in run.model.state_dict().items())
-    load_run(ckpts["no_ema"], ema=False)
-    assert capfd.readouterr().err == ""  # raw weights asked for: nothing to note
+    model = load_model(ckpts["no_ema"])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ckpt={ckpts['no_ema']}: no EMA weights (trained without callbacks.ema); sampling with the raw training "
+        "weights"]
+    raw = strip_prefixes(ckpt["state_dict"], "objective.")
+    assert all(torch.equal(v, raw[k]) for k, v in model.objective.state_dict().items())
+    caplog.clear()
+    load_model(ckpts["no_ema"], ema=False)
+    assert caplog.records == []  # raw weights asked for: nothing to note
 
 
 def test_sample_script_writes_the_decoded_images_of_a_latent_checkpoint(cli, ckpts):
     rc, stderr, run_dir = cli("sample")
     assert rc == 0, stderr[-3000:]
     saved = torch.load(run_dir / "samples.pt")
-    expected = generate(sampling_setup(load_run(ckpts["diffusion"])), 4, seed=0)
+    expected = generate(load_model(ckpts["diffusion"]), 4, seed=0)
     assert saved["samples"].shape == (4, *IMAGE) and torch.allclose(saved["samples"], expected.x, atol=1e-5)
     side = 2 * (IMAGE[1] + 1) + 1  # a 2x2 grid of 32x32 images, 1 pixel apart
     assert Image.open(run_dir / "samples.png").size == (side, side)
@@ -161,17 +160,18 @@ def test_sample_script_guides_with_the_classifier_of_a_joint_checkpoint(cli, ckp
     rc, stderr, run_dir = cli("guided")
     assert rc == 0, stderr[-3000:]
     saved = torch.load(run_dir / "samples.pt")
-    expected = generate(sampling_setup(load_run(ckpts["joint"]), classifier_scale=2), 4, seed=0)
+    expected = generate(with_overrides(load_model(ckpts["joint"]), classifier_scale=2), 4, seed=0)
     assert saved["labels"].tolist() == [0, 1, 2, 3] and saved["samples"].shape == (4, *IMAGE)
     assert torch.allclose(saved["samples"], expected.x, atol=1e-5)
 
 
-def test_sample_script_samples_a_run_without_ema_with_a_one_line_note(cli, ckpts):
+def test_sample_script_samples_a_run_without_ema_with_a_one_line_warning(cli, ckpts):
     rc, stderr, run_dir = cli("no_ema")
     assert rc == 0, stderr[-3000:]
-    notes = [line for line in stderr.splitlines() if line.startswith("note:")]
+    log = (run_dir / "sample.log").read_text().splitlines()  # Hydra's log of the job, as printed on the console
+    notes = [line for line in log if "WARNING" in line]
     assert len(notes) == 1 and "no EMA weights" in notes[0] and "raw training weights" in notes[0]
     assert "Traceback" not in stderr and not any(line.startswith("error:") for line in stderr.splitlines())
     saved = torch.load(run_dir / "samples.pt")
-    expected = generate(sampling_setup(load_run(ckpts["no_ema"], ema=False)), 8, seed=0)
+    expected = generate(load_model(ckpts["no_ema"], ema=False), 8, seed=0)
     assert torch.allclose(saved["samples"], expected.x, atol=1e-5)

@@ -11,8 +11,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from diffusion_lab.app.loading import load_run, sampling_setup
-from diffusion_lab.core import ClassifierFreeGuidance, diffusion_loss, per_sample_generators
+from diffusion_lab.app.sampling import with_overrides
+from diffusion_lab.build import load_model
+from diffusion_lab.core import ClassifierFreeGuidance, diffusion_loss, NoiseStreams
 from diffusion_lab.sampling import generate
 from tests.helpers import assert_same_training_state, compose_train, run_train
 
@@ -22,12 +23,35 @@ SAMPLERS = torch.load(FIXTURES / "samplers.pt", weights_only=False)
 SAMPLES = torch.load(FIXTURES / "checkpoint_samples.pt", weights_only=False)
 
 
+def today(overrides: list[str]) -> list[str]:
+    """The fixture's command-line overrides in today's names: parameterization=X and its loss_weight string became
+    objective=X and the objective/loss_weight group (EDM's objective has its loss weight by default), the sampler's
+    settings moved to sampler.method, and conditional=true became the network's num_classes."""
+    objective = next(o.split("=")[1] for o in overrides if o.startswith("parameterization="))
+    out = []
+    for o in overrides:
+        key, value = o.split("=", 1)
+        if key == "parameterization":
+            out.append(f"objective={value}")
+        elif key in ("sampler.eta", "sampler.s_churn"):
+            out.append(f"{'+' if key == 'sampler.s_churn' else ''}sampler.method.{key.split('.')[1]}={value}")
+        elif key == "conditional":
+            out.append("model.num_classes=${data.num_classes}" if value == "true" else "model.num_classes=0")
+        elif key == "parameterization.loss_weight" and objective == "edm":
+            out += {"uniform": ["~objective/loss_weight"], "min_snr": ["objective/loss_weight=min_snr"]}.get(value, [])
+        elif key == "parameterization.loss_weight":
+            out += [] if value == "uniform" else [f"+objective/loss_weight={value}"]
+        else:
+            out.append(o)
+    return out
+
+
 def built(overrides, tmp_path):
     """The objective, schedule and sampler the overrides compose, the network seeded as when the fixture was made."""
-    cfg = compose_train(overrides, tmp_path)
+    cfg = compose_train(today(overrides), tmp_path)
     torch.manual_seed(0)
-    model = instantiate(cfg.parameterization, net=instantiate(cfg.model))
-    return model, instantiate(cfg.schedule), instantiate(cfg.sampler)
+    objective = instantiate(cfg.objective, net=instantiate(cfg.model))
+    return objective, instantiate(cfg.schedule), instantiate(cfg.sampler)
 
 
 @pytest.mark.parametrize("case", sorted(OBJECTIVES["cases"]))
@@ -49,7 +73,7 @@ def test_sampler_outputs_are_bit_identical_to_the_saved_ones(case, tmp_path):
     model, schedule, sampler = built(saved["overrides"], tmp_path)
     guidance = ClassifierFreeGuidance(saved["cfg"]) if saved["cfg"] else None
     xs = list(sampler(model, schedule, cond=torch.tensor([1, 2, 3]), guidance=guidance,
-                      generator=per_sample_generators(range(10, 13))))
+                      generator=NoiseStreams(range(10, 13))))
     assert len(xs) == saved["steps"]
     assert torch.equal(xs[-1], saved["final"])
 
@@ -57,17 +81,17 @@ def test_sampler_outputs_are_bit_identical_to_the_saved_ones(case, tmp_path):
 @pytest.mark.parametrize("case", sorted(SAMPLES))
 def test_checkpoints_written_before_sample_the_same_samples(case):
     saved = SAMPLES[case]
-    setup = sampling_setup(load_run(FIXTURES / saved["file"]), **saved["extra"])
-    out = generate(setup, 6, batch_size=4, seed=3)
+    model = with_overrides(load_model(FIXTURES / saved["file"]), **saved["extra"])
+    out = generate(model, 6, batch_size=4, seed=3)
     assert torch.equal(out.x, saved["x"])
     assert (out.labels is None) == (saved["labels"] is None)
     assert out.labels is None or torch.equal(out.labels, saved["labels"])
 
 
 MLP = ["trainer.max_steps=20", "trainer.val_check_interval=10", "callbacks.model_checkpoint.every_n_train_steps=10",
-       "data.epoch_size=4096", "data.batch_size=512", "model.hidden_dims=[16,32,16]", "num_samples=8",
-       "sampler.steps=5", "callbacks.evaluate.num_samples=16", "trainer.log_every_n_steps=5",
-       "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "logger=csv"]
+       "data.epoch_size=4096", "data.batch_size=512", "model.hidden_dims=[16,32,16]", "num_samples=16",
+       "sampler.steps=5", "trainer.log_every_n_steps=5", "trainer.enable_progress_bar=false",
+       "trainer.accelerator=cpu", "logger=csv"]  # the fixture's run: its num_samples=8 was the picture's alone then
 
 
 def test_a_checkpoint_written_before_resumes_to_the_state_the_old_code_reached(tmp_path):

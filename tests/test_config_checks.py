@@ -3,7 +3,7 @@ import pytest
 
 from diffusion_lab.app.config_checks import check_config
 from diffusion_lab.errors import ConfigError
-from tests.helpers import compose_train, config_options
+from tests.helpers import CONDITIONAL, compose_train, config_options
 
 
 # override(s) -> (the full key the message starts with, the rest of what it must say)
@@ -45,7 +45,7 @@ BAD = {
     # Top-level keys are checked against the LightningModule that takes them, and named as typed (not data.seed).
     "seed=abc": ("seed", "='abc' must be an int"),
     "nonfinite=1": ("nonfinite", "=1 must be a string"),
-    "conditional=maybe": ("conditional", "='maybe' must be a bool"),
+    "num_samples=many": ("num_samples", "='many' must be an int"),
 }
 
 
@@ -78,15 +78,15 @@ def test_allowed_values_pass(overrides, tmp_path):
 
 # Options composed together with what they need (as in test_framework); GPU trainers only compose here.
 EXTRA = {
-    ("model", "cond_mlp"): ["conditional=true", "data=tree"],
+    ("model", "cond_mlp"): [CONDITIONAL, "data=tree"],
     ("data", "digits"): ["model=dit"], ("data", "mnist"): ["model=dit"], ("data", "fashion_mnist"): ["model=dit"],
     ("data", "cifar10"): ["model=unet"], ("data", "image_folder"): ["model=dit"],
     ("model", "dit"): ["data=digits"], ("model", "unet"): ["data=digits"],
-    ("guidance", "cfg"): ["conditional=true", "data=gaussian", "model=toy_unet"],
+    ("guidance", "cfg"): [CONDITIONAL, "data=gaussian", "model=toy_unet"],
     ("module", "latent"): ["data=digits", "data.input_dims=[1,16,16]", "model=unet", "model.in_dim=4",
                            "model.channels=2"],
 }
-GROUPS = ["data", "model", "parameterization", "schedule", "sampler", "guidance", "module", "optimizer", "lr_scheduler",
+GROUPS = ["data", "model", "objective", "schedule", "sampler", "guidance", "module", "optimizer", "lr_scheduler",
           "trainer", "logger", "callbacks", "debug", "hparams_search", "experiment"]
 
 

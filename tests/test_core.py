@@ -1,4 +1,5 @@
 """The core library against closed forms: schedules, DDIM/DDPM steps, samplers, parameterizations, guidance."""
+import functools
 import inspect
 import math
 import pickle
@@ -8,12 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_lab.core import (ClassifierFreeGuidance, ClassifierGuidance, DDIMSampler, DDPMSampler, Denoiser,
-                                DPMSolverSampler, EulerSampler, GeneralizedSampler, Guidance, HeunSampler,
-                                LogNormalSigma, PredV, PredX0, Scaled, ScheduleCosine, ScheduleDDPM, ScheduleFlow,
-                                ScheduleKarras, ScheduleLDM, ScheduleLogLinear, ScheduleQuadratic, ScheduleSigmoid,
-                                UniformFlowTime, ddpm_step, per_sample_generators, sample_ddim, sample_ddpm,
-                                sample_euler, sample_generalized, sample_heun, samples)
+from diffusion_lab.core import (ClassifierFreeGuidance, ClassifierGuidance, EDMWeight, Guidance, LogNormalSigma,
+                                NoiseStreams, PredEDM, PredEps, PredFlow, PredV, PredX0, Sampler, ScheduleCosine,
+                                ScheduleDDPM, ScheduleFlow, ScheduleKarras, ScheduleLDM, ScheduleLogLinear,
+                                ScheduleQuadratic, ScheduleSigmoid, UniformFlowTime, ddpm_step, sample_ddim,
+                                sample_ddpm, sample_dpmpp, sample_euler, sample_generalized, sample_heun, samples)
 from diffusion_lab.errors import ConfigError
 
 ALL_SCHEDULES = [ScheduleLogLinear(), ScheduleDDPM(), ScheduleLDM(), ScheduleSigmoid(), ScheduleCosine(),
@@ -138,8 +138,8 @@ def test_generalized_sampler_with_gam1_mu0_is_ddim():
 def test_generalized_sampler_with_mu_half_is_the_ddpm_posterior_step():
     model, sched = LinearEps(), ScheduleDDPM(1000)
     sig, x = sched.sample_sigmas(10)[:2], torch.randn(4, 3)
-    got = next(samples(model, sig, gam=1, mu=0.5, xt=x, generator=per_sample_generators(range(4))))
-    z = per_sample_generators(range(4)).randn((4, 3))
+    got = next(samples(model, sig, gam=1, mu=0.5, xt=x, generator=NoiseStreams(range(4))))
+    z = NoiseStreams(range(4)).randn((4, 3))
     # q(x_{t-1} | x_t, x0) of Ho et al. 2020 eq. 7, with x0 predicted from eps, in the VP frame.
     s_t, s_p = sig.double()
     ab_t, ab_p = 1 / (1 + s_t**2), 1 / (1 + s_p**2)
@@ -179,10 +179,10 @@ def test_accelerated_and_ddpm_samplers_reach_the_point():
 
 def test_samples_do_not_depend_on_batch_size_with_per_sample_seeds():
     model, sig = LinearEps(), ScheduleDDPM(100).sample_sigmas(8)
-    big = final(samples(model, sig, mu=0.5, generator=per_sample_generators(range(10, 16))))
-    one = final(samples(model, sig, mu=0.5, generator=per_sample_generators([13])))
+    big = final(samples(model, sig, mu=0.5, generator=NoiseStreams(range(10, 16))))
+    one = final(samples(model, sig, mu=0.5, generator=NoiseStreams([13])))
     assert torch.allclose(big[3], one[0], atol=1e-6)
-    again = final(samples(model, sig, mu=0.5, generator=per_sample_generators(range(10, 16))))
+    again = final(samples(model, sig, mu=0.5, generator=NoiseStreams(range(10, 16))))
     assert torch.equal(big, again)
 
 
@@ -210,8 +210,8 @@ def test_euler_sampler_takes_explicit_euler_steps_of_the_probability_flow_ode():
         x = x + (s_next - s) * (x @ W / (1 + s))  # (4, 3)
         expected.append(x)
     model.calls = 0
-    got = list(EulerSampler(steps=2)(model, sched, xt=xT))
-    assert model.calls == 2 == EulerSampler(steps=2).nfe
+    got = list(Sampler(sample_euler, steps=2)(model, sched, xt=xT))
+    assert model.calls == 2 == Sampler(sample_euler, steps=2).nfe
     for g, e in zip(got, expected, strict=True):
         assert torch.allclose(g, e, atol=1e-5)
 
@@ -242,31 +242,36 @@ def test_euler_is_first_order_and_heun_second_order():
     assert 3.4 < err[sample_heun, 20] / err[sample_heun, 40] < 4.6, err
 
 
-@pytest.mark.parametrize("sampler,fn,settings", [
-    (GeneralizedSampler(4, gam=1.0, mu=0.5), sample_generalized, {"gam": 1.0, "mu": 0.5}),
-    (DDIMSampler(4, eta=0.5), sample_ddim, {"eta": 0.5}),
-    (DDPMSampler(4), sample_ddpm, {}),
-    (EulerSampler(4, s_churn=2.0, s_noise=1.01), sample_euler, {"s_churn": 2.0, "s_noise": 1.01}),
-    (HeunSampler(4, s_churn=2.0, s_tmax=5.0), sample_heun, {"s_churn": 2.0, "s_tmax": 5.0}),
-], ids=["generalized", "ddim", "ddpm", "euler", "heun"])
-def test_sampler_configs_run_their_function_on_the_schedules_sigmas_with_nfe_model_calls(sampler, fn, settings):
+@pytest.mark.parametrize("fn,settings", [
+    (sample_generalized, {"gam": 1.0, "mu": 0.5}), (sample_ddim, {"eta": 0.5}), (sample_ddpm, {}),
+    (sample_euler, {"s_churn": 2.0, "s_noise": 1.01}), (sample_heun, {"s_churn": 2.0, "s_tmax": 5.0}),
+    (sample_dpmpp, {"order": 3, "sde": True}),
+], ids=["generalized", "ddim", "ddpm", "euler", "heun", "dpmpp"])
+def test_a_sampler_runs_its_function_on_the_schedules_sigmas_with_nfe_model_calls(fn, settings):
+    sampler = Sampler(functools.partial(fn, **settings), steps=4)
     model, sched = LinearEps(num_classes=3), ScheduleDDPM(100)
     y = torch.tensor([0, 2, 1])
     model.calls = 0
-    got = final(sampler(model, sched, cond=y, guidance=Guidance(), generator=per_sample_generators(range(3))))
+    got = final(sampler(model, sched, cond=y, guidance=Guidance(), generator=NoiseStreams(range(3))))
     assert model.calls == sampler.nfe == sampler.steps * (2 if fn is sample_heun else 1)
-    want = final(fn(model, sched.sample_sigmas(4), cond=y, generator=per_sample_generators(range(3)), **settings))
+    want = final(fn(model, sched.sample_sigmas(4), cond=y, generator=NoiseStreams(range(3)), **settings))
     assert torch.equal(got, want)
 
 
 def test_bad_settings_raise_one_message_naming_the_argument():
     sig = ScheduleDDPM(10).sample_sigmas(3)
     cases = {r"^mu=1.5 must be in \[0, 1\)$": [lambda: next(sample_generalized(LinearEps(), sig, mu=1.5)),
-                                               lambda: GeneralizedSampler(mu=1.5)],
-             r"^gam=0.5 must be >= 1$": [lambda: next(samples(LinearEps(), sig, 0.5)), lambda: GeneralizedSampler(gam=0.5)],
-             r"^eta=-1 must be >= 0$": [lambda: next(sample_ddim(LinearEps(), sig, eta=-1)), lambda: DDIMSampler(eta=-1)],
-             r"^steps=0 must be an integer >= 1$": [lambda: EulerSampler(steps=0), lambda: ScheduleDDPM(10).sample_sigmas(0)],
-             r"^steps=True must be an integer >= 1$": [lambda: HeunSampler(steps=True)],
+                                               lambda: Sampler(functools.partial(sample_generalized, mu=1.5))],
+             r"^gam=0.5 must be >= 1$": [lambda: next(samples(LinearEps(), sig, 0.5)),
+                                         lambda: Sampler(functools.partial(sample_generalized, gam=0.5))],
+             r"^eta=-1 must be >= 0$": [lambda: next(sample_ddim(LinearEps(), sig, eta=-1)),
+                                        lambda: Sampler(functools.partial(sample_ddim, eta=-1))],
+             r"^order=4 is not supported": [lambda: Sampler(functools.partial(sample_dpmpp, order=4))],
+             r"^method: sample_ddim\(\) got an unexpected keyword argument 'gam'$":
+                 [lambda: Sampler(functools.partial(sample_ddim, gam=2.0))],
+             r"^steps=0 must be an integer >= 1$": [lambda: Sampler(sample_euler, steps=0),
+                                                    lambda: ScheduleDDPM(10).sample_sigmas(0)],
+             r"^steps=True must be an integer >= 1$": [lambda: Sampler(sample_heun, steps=True)],
              r"^convention='x' must be one of \['cond', 'uncond'\]$": [lambda: ClassifierFreeGuidance(1.0, "x")],
              r"^cfg_scale=2.0 and guidance=Guidance: pass one of them$":
                  [lambda: samples(LinearEps(), sig, cfg_scale=2.0, guidance=Guidance())]}
@@ -276,7 +281,7 @@ def test_bad_settings_raise_one_message_naming_the_argument():
                 call()
 
 
-def test_parameterization_round_trips_are_exact():
+def test_objective_round_trips_are_exact():
     torch.manual_seed(0)
     x0, eps, sigma = torch.randn(6, 4), torch.randn(6, 4), torch.rand(6) * 5 + 0.01
     x = x0 + sigma[:, None] * eps
@@ -291,8 +296,8 @@ def test_parameterization_round_trips_are_exact():
         def forward(self, x_in, s, cond=None):
             return {"eps": eps, "x0": x0, "v": (eps - sigma[:, None] * x0) / (1 + sigma[:, None] ** 2).sqrt()}[self.kind]
 
-    for kind in ["eps", "x0", "v"]:
-        d = Denoiser(Oracle(kind), prediction=kind)
+    for kind, cls in [("eps", PredEps), ("x0", PredX0), ("v", PredV)]:
+        d = cls(Oracle(kind))
         assert torch.allclose(d(x, sigma), eps, atol=1e-5), kind
         assert torch.allclose(d.target(x0, eps, sigma), Oracle(kind)(x, sigma), atol=1e-6), kind
 
@@ -308,7 +313,7 @@ def test_scaled_input_feeds_sqrt_alpha_bar_times_x():
             return torch.zeros_like(x)
 
     x, sigma = torch.ones(2, 2), torch.tensor([0.0, 3.0])
-    Scaled(Spy())(x, sigma)
+    PredEps(Spy(), scaled_input=True)(x, sigma)
     assert torch.allclose(seen["x"][:, 0], torch.tensor([1.0, 1 / math.sqrt(10)]))
 
 
@@ -326,19 +331,19 @@ class Fixed(nn.Module):
         return self.out
 
 
-def test_denoiser_loss_is_the_mse_of_the_raw_output_against_each_target():
+def test_objective_loss_is_the_mse_of_the_raw_output_against_each_target():
     g = torch.Generator().manual_seed(0)
     x0, eps, out = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
     sigma = torch.tensor([0.1, 0.5, 1.0, 2.0, 8.0])
     s = sigma[:, None]  # (5, 1)
-    targets = {"eps": eps, "x0": x0, "v": (eps - s * x0) / (1 + s**2).sqrt()}
-    for kind, target in targets.items():
+    targets = {PredEps: eps, PredX0: x0, PredV: (eps - s * x0) / (1 + s**2).sqrt()}
+    for cls, target in targets.items():
         net = Fixed(out)
-        loss = Denoiser(net, prediction=kind).loss(x0, sigma, eps)
-        assert torch.allclose(loss, ((out - target) ** 2).mean(), atol=1e-6), kind
+        loss = cls(net).loss(x0, sigma, eps)
+        assert torch.allclose(loss, ((out - target) ** 2).mean(), atol=1e-6), cls
         assert torch.allclose(net.seen["x"], x0 + s * eps) and torch.equal(net.seen["sigma"], sigma)
     net = Fixed(out)
-    Denoiser(net, scaled_input=True).loss(x0, sigma, eps)
+    PredEps(net, scaled_input=True).loss(x0, sigma, eps)
     assert torch.allclose(net.seen["x"], (x0 + s * eps) / (1 + s**2).sqrt())
 
 
@@ -350,9 +355,10 @@ def test_x0_and_v_losses_weight_the_eps_error_by_sigma2_and_1_plus_sigma2():
     x = x0 + sigma * eps
     outputs = {"eps": eps_hat, "x0": x - sigma * eps_hat,
                "v": (1 + sigma**2) ** 0.5 * (eps_hat - sigma * x / (1 + sigma**2))}
-    loss = {k: Denoiser(Fixed(o), prediction=k).loss(x0, torch.tensor(sigma), eps) for k, o in outputs.items()}
+    classes = {"eps": PredEps, "x0": PredX0, "v": PredV}
+    loss = {k: classes[k](Fixed(o)).loss(x0, torch.tensor(sigma), eps) for k, o in outputs.items()}
     for kind, o in outputs.items():
-        assert torch.allclose(Denoiser(Fixed(o), prediction=kind)(x, torch.tensor(sigma)), eps_hat, atol=1e-5), kind
+        assert torch.allclose(classes[kind](Fixed(o))(x, torch.tensor(sigma)), eps_hat, atol=1e-5), kind
     assert torch.allclose(loss["eps"], ((eps_hat - eps) ** 2).mean())
     assert torch.allclose(loss["x0"], sigma**2 * loss["eps"], rtol=1e-5)
     assert torch.allclose(loss["v"], (1 + sigma**2) * loss["eps"], rtol=1e-5)
@@ -363,7 +369,7 @@ def test_diffusion_loss_draws_a_training_level_and_treats_a_bare_network_as_eps_
 
     x0, out = torch.randn(4096, 4), torch.randn(4096, 4)
     schedule = Schedule(torch.tensor([0.5]))  # one level: every sigma is 0.5
-    for model, target in [(Fixed(out), "eps"), (Denoiser(Fixed(out), prediction="x0"), "x0")]:
+    for model, target in [(Fixed(out), "eps"), (PredX0(Fixed(out)), "x0")]:
         loss = diffusion_loss(model, x0, schedule, generator=torch.Generator().manual_seed(0))
         seen = model.seen if target == "eps" else model.net.seen
         assert torch.equal(seen["sigma"], torch.full((4096,), 0.5))
@@ -375,15 +381,14 @@ def test_diffusion_loss_draws_a_training_level_and_treats_a_bare_network_as_eps_
 
 
 def test_wrappers_schedules_samplers_and_guidance_pickle():
-    objs = [PredX0(LinearEps()), PredV(LinearEps()), Scaled(LinearEps()), *ALL_SCHEDULES,
-            GeneralizedSampler(20, 2.0, 0.0), DDIMSampler(50, 0.0, ScheduleLogLinear()), HeunSampler(10),
-            EulerSampler(5), ClassifierFreeGuidance(4.0, "uncond"), DPMSolverSampler(10, sde=True),
-            Denoiser(LinearEps(), prediction="flow", train_sigmas=LogNormalSigma(0.0, 1.0)),
-            Denoiser(LinearEps(), prediction="edm", loss_weight="edm", train_sigmas=UniformFlowTime())]
+    objs = [PredX0(LinearEps()), PredV(LinearEps()), PredEps(LinearEps(), scaled_input=True), *ALL_SCHEDULES,
+            Sampler(functools.partial(sample_generalized, gam=2.0), 20),
+            Sampler(functools.partial(sample_ddim, eta=0.0), 50, ScheduleLogLinear()), Sampler(sample_heun, 10),
+            ClassifierFreeGuidance(4.0, "uncond"), Sampler(functools.partial(sample_dpmpp, sde=True), 10),
+            PredFlow(LinearEps(), train_sigmas=LogNormalSigma(0.0, 1.0)),
+            PredEDM(LinearEps(), loss_weight=EDMWeight(), train_sigmas=UniformFlowTime())]
     for o in objs:
         assert type(pickle.loads(pickle.dumps(o))) is type(o)
-    with pytest.raises(ValueError, match=r"^parameterization.prediction='score' must be one of \['eps', 'x0', 'v', 'flow', 'edm'\]$"):
-        Denoiser(LinearEps(), prediction="score")
 
 
 def test_cfg_scale_zero_is_the_conditional_model_in_one_batched_pass():
@@ -444,11 +449,11 @@ def test_ideal_denoiser_samples_land_on_training_points():
 
 
 def test_training_loop_lowers_the_loss_without_lightning():
-    from diffusion_lab.core import Denoiser, training_loop
+    from diffusion_lab.core import training_loop
     from diffusion_lab.data import Swissroll
     from diffusion_lab.models import TimeInputMLP
 
     torch.manual_seed(0)
     loader = torch.utils.data.DataLoader(Swissroll(N=100), batch_size=100, shuffle=True)
-    losses = [ns.loss.item() for ns in training_loop(loader, Denoiser(TimeInputMLP()), ScheduleLogLinear(), epochs=300)]
+    losses = [ns.loss.item() for ns in training_loop(loader, PredEps(TimeInputMLP()), ScheduleLogLinear(), epochs=300)]
     assert sum(losses[-30:]) / 30 < 0.85 * sum(losses[:30]) / 30

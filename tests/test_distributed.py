@@ -25,7 +25,7 @@ def assert_ranks_identical(dump_dir):
 @pytest.mark.slow
 def test_ddp_two_processes_train_in_one_run_directory(tmp_path):
     run([*DDP, "trainer.max_steps=20", "+callbacks.dump._target_=tests.crash.DumpWeights",
-         f"+callbacks.dump.dirpath={tmp_path}/dump", "callbacks.evaluate.num_samples=40"], cwd=tmp_path)
+         f"+callbacks.dump.dirpath={tmp_path}/dump", "num_samples=40"], cwd=tmp_path)
     runs = [p for p in (tmp_path / "outputs").rglob("config.yaml") if p.parent.name != ".hydra"]
     assert len(runs) == 1, runs  # one Hydra run directory, not one per process
     run_dir = runs[0].parent

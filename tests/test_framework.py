@@ -13,30 +13,34 @@ from diffusion_lab.app.config import user_error
 from diffusion_lab.app.runs import check_resume_config
 from diffusion_lab.errors import ConfigError, DataError
 from diffusion_lab.app.train import build, train
-from tests.helpers import FAST, assert_same_training_state, config_options, global_step, run_script
+from diffusion_lab.checkpoints import upgrade_checkpoint
+from tests.helpers import CONDITIONAL, FAST, assert_same_training_state, config_options, global_step, run_script
 
 
 # Options that need files or hardware this machine lacks are composed but built elsewhere (see below).
 NEEDS_FILES = {"mnist", "fashion_mnist", "cifar10", "image_folder"}
 EXTRA = {
-    ("model", "cond_mlp"): ["conditional=true", "data=tree"],
+    ("model", "cond_mlp"): [CONDITIONAL, "data=tree"],
     ("data", "digits"): ["model=dit", "model.depth=1"], ("data", "mnist"): ["model=dit"],
     ("data", "fashion_mnist"): ["model=dit"], ("data", "cifar10"): ["model=unet"], ("data", "image_folder"): ["model=dit"],
     ("model", "dit"): ["data=digits"], ("model", "unet"): ["data=digits"],
-    ("guidance", "cfg"): ["conditional=true", "data=gaussian", "model=toy_unet"],
+    ("guidance", "cfg"): [CONDITIONAL, "data=gaussian", "model=toy_unet"],
     ("lr_scheduler", "cosine"): [], ("trainer", "gpu"): [],
     # 16x16 digits -> the VAE's 2x4x4 latents, which the denoiser and the classifier take
     ("module", "latent"): ["data=digits", "data.input_dims=[1,16,16]", "model=unet", "model.in_dim=4",
-                           "model.channels=2", "model.ch=8", "model.ch_mult=[1,2]", "model.attn_resolutions=[2]",
+                           "model.channels=2", "model.ch=8", "model.ch_mult=[1,2]", "model.attn_levels=[1]",
                            "module.vae.ch=8", "module.classifier.ch=8"],
 }
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in ["data", "model", "parameterization", "schedule", "sampler",
-                                                            "guidance", "module", "optimizer", "lr_scheduler", "logger",
-                                                            "callbacks", "trainer"] for o in config_options(g)])
+GROUPS = ["data", "model", "objective", "objective/loss_weight", "schedule", "sampler", "guidance", "module",
+          "optimizer", "lr_scheduler", "logger", "callbacks", "trainer"]
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in config_options(g)])
 def test_every_group_option_composes_and_instantiates(compose_cfg, group, option):
-    cfg = compose_cfg([f"{group}={option}", *EXTRA.get((group, option), [])])
+    add = "+" if group == "objective/loss_weight" else ""  # a group the default objective does not pick
+    cfg = compose_cfg([f"{add}{group}={option}", *EXTRA.get((group, option), [])])
     assert OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     OmegaConf.resolve(copy.deepcopy(cfg))  # and in place, as `train.py --cfg job --resolve` does: none to a dict
     if group == "data" and option in NEEDS_FILES:
@@ -59,8 +63,8 @@ def test_every_group_option_composes_and_instantiates(compose_cfg, group, option
     x = x[0] if isinstance(x, tuple) else x
     if hasattr(module, "vae"):  # latent diffusion: the denoiser works on the VAE's latents of the data
         x = module.vae.mean_latent(x[None])[0]
-    cond = torch.zeros(1, dtype=torch.long) if cfg.conditional else None
-    assert module.model(x[None], torch.tensor([1.0]), cond).shape == x[None].shape
+    cond = torch.zeros(1, dtype=torch.long) if module.objective.num_classes else None
+    assert module.objective(x[None], torch.tensor([1.0]), cond).shape == x[None].shape
 
 
 def test_default_training_lowers_loss_and_writes_checkpoint_config_and_samples(compose_cfg, tmp_path):
@@ -69,7 +73,7 @@ def test_default_training_lowers_loss_and_writes_checkpoint_config_and_samples(c
     train(cfg)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 200 and ckpt["config"]["model"]["_target_"].endswith("TimeInputMLP")
-    assert set(ckpt["ema_state_dict"]) == {k.removeprefix("model.") for k in ckpt["state_dict"]}
+    assert set(ckpt["ema_state_dict"]) == {k.removeprefix("objective.") for k in ckpt["state_dict"]}
     assert (tmp_path / "config.yaml").is_file()
     assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["samples_step0000100.png",
                                                                             "samples_step0000200.png"]
@@ -109,7 +113,7 @@ def test_bf16_on_a_device_that_emulates_it_gets_a_warning(compose_cfg, monkeypat
 
 
 def test_bf16_run_trains_with_fused_adamw_and_samples_in_bf16_from_its_checkpoint(compose_cfg, tmp_path):
-    from diffusion_lab.app.loading import load_run, sampling_setup
+    from diffusion_lab.build import load_model
 
     train(compose_cfg([*FAST, "speed=fast", "trainer.precision=bf16-mixed", "trainer.max_steps=10",
                        "data.batch_size=64", "model.hidden_dims=[16,32,16]"]))
@@ -117,7 +121,7 @@ def test_bf16_run_trains_with_fused_adamw_and_samples_in_bf16_from_its_checkpoin
     assert ckpt["global_step"] == 10 and ckpt["config"]["optimizer"]["fused"] is True
     assert ckpt["optimizer_states"][0]["param_groups"][0]["fused"] is True
     assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values())  # autocast: weights stay fp32
-    assert sampling_setup(load_run(tmp_path / "checkpoints" / "last.ckpt")).autocast is torch.bfloat16
+    assert load_model(tmp_path / "checkpoints" / "last.ckpt").autocast is torch.bfloat16
 
 
 @pytest.mark.parametrize("extra", [[], ["lr_scheduler=cosine", "lr_scheduler.total_steps=16", "lr_scheduler.warmup_steps=4",
@@ -146,13 +150,17 @@ def test_resume_refuses_another_module_and_takes_configs_that_state_the_defaults
     with pytest.raises(ConfigError, match=r"module._target_ is '[\w.]+\.DiffusionModule' in the checkpoint"):
         check_resume_config(saved, resolved(compose_cfg(latent)), "last.ckpt")
     current = resolved(compose_cfg(["data=swissroll3d"]))
-    # as saved before module was a group and before configs left defaults to the constructors
-    older = {k: v for k, v in current.items() if k != "module"}
-    older["data"] = {**current["data"], "num_workers": 0, "dataset": {**current["data"]["dataset"], "n_samples": 10000}}
-    assert check_resume_config(older, current, "last.ckpt") == {}
-    older["data"]["dataset"]["n_samples"] = 5000
+    # as saved before module was a group and before configs left defaults to the constructors, read as today's
+
+    def older(n_samples: int) -> dict:
+        saved = {k: v for k, v in current.items() if k != "module"}
+        saved["data"] = {**current["data"], "num_workers": 0,
+                         "dataset": {**current["data"]["dataset"], "n_samples": n_samples}}
+        return upgrade_checkpoint({"config": saved, "state_dict": {}})["config"]
+
+    assert check_resume_config(older(10000), current, "last.ckpt") == {}
     with pytest.raises(ConfigError, match="data.dataset.n_samples is 5000 in the checkpoint but 10000 now"):
-        check_resume_config(older, current, "last.ckpt")
+        check_resume_config(older(5000), current, "last.ckpt")
 
 
 def test_ckpt_path_last_resumes_the_run_directory(compose_cfg, tmp_path):

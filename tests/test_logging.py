@@ -57,7 +57,7 @@ def test_hparams_yaml_holds_the_config_parameter_counts_and_run_dir(cosine_run):
     config = OmegaConf.to_container(OmegaConf.load(cosine_run / "config.yaml"))
     assert {k: hparams.get(k) for k in config} == config
     module, _ = build(compose_train([*FAST, *COSINE], cosine_run))
-    n = sum(p.numel() for p in module.model.parameters())
+    n = sum(p.numel() for p in module.objective.parameters())
     assert n > 0 and hparams["num_params"] == {"model": {"total": n, "trainable": n},
                                                "module": {"total": n, "trainable": n}}
     assert hparams["run_dir"] == str(cosine_run)
@@ -66,12 +66,12 @@ def test_hparams_yaml_holds_the_config_parameter_counts_and_run_dir(cosine_run):
 def test_parameter_counts_of_latent_diffusion_cover_the_vae_and_the_stage_trained(tmp_path):
     module, _ = build(compose_train(["module=latent", "data=digits", "data.input_dims=[1,16,16]", "model=unet",
                                      "model.in_dim=4", "model.channels=2", "model.ch=8", "model.ch_mult=[1,2]",
-                                     "model.attn_resolutions=[2]", "module.vae.ch=8", "module.classifier.ch=8"],
+                                     "model.attn_levels=[1]", "module.vae.ch=8", "module.classifier.ch=8"],
                                     tmp_path))
     count = {name: sum(p.numel() for p in getattr(module, name).parameters())
-             for name in ("model", "vae", "classifier")}
+             for name in ("objective", "vae", "classifier")}
     counts = hyperparameters(module, tmp_path)["num_params"]
-    assert counts["model"] == {"total": count["model"], "trainable": 0}  # stage=reconstruction trains only the VAE
+    assert counts["model"] == {"total": count["objective"], "trainable": 0}  # stage reconstruction trains the VAE
     assert counts["module"] == {"total": sum(count.values()), "trainable": count["vae"]}
 
 

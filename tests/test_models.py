@@ -25,7 +25,7 @@ def small_dit(in_dim: int, **kw) -> DiT:
 
 def small_unet(in_dim: int, **kw) -> Unet:
     return Unet(in_dim=in_dim, channels=2, ch=8, ch_mult=(1, 2), num_res_blocks=1,
-                attn_resolutions=(in_dim // 2,), dropout=0.0, **kw)
+                attn_levels=(1,), dropout=0.0, **kw)
 
 
 def make_models() -> list[tuple[str, DenoiserNet]]:
@@ -37,7 +37,7 @@ def make_models() -> list[tuple[str, DenoiserNet]]:
         *[(f"DiT-{n}", small_dit(n, num_classes=3)) for n in (8, 16)],
         *[(f"DiT-cross-{n}", small_dit(n, num_classes=3, cond_mode="cross_attn")) for n in (8, 16)],
         *[(f"Unet-{n}", small_unet(n, num_classes=3)) for n in (8, 16)],
-        ("Unet-28", Unet(in_dim=28, ch=8, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(14,))),
+        ("Unet-28", Unet(in_dim=28, ch=8, ch_mult=(1, 1, 2), num_res_blocks=1, attn_levels=(1,))),
         ("IdealDenoiser-2", IdealDenoiser(torch.randn(5, 2))),
         ("IdealDenoiser-img", IdealDenoiser(torch.randn(5, 2, 8, 8))),
     ]
@@ -144,7 +144,7 @@ def test_dit_cross_attn_accepts_a_condition_sequence_with_zero_null():
         (lambda: DiT(in_dim=28, patch_size=3), r"patch_size=3 must divide in_dim=28"),
         (lambda: small_dit(8, cond_mode="film"), "cond_mode"),
         (lambda: Unet(in_dim=28, ch_mult=(1, 2, 2, 2)), "in_dim=28"),
-        (lambda: Unet(in_dim=28, attn_resolutions=(16,)), "attn_resolutions"),
+        (lambda: Unet(in_dim=28, attn_levels=(3,)), "attn_levels"),
         (lambda: ToyUNet(hidden_dims=(64, 128, 64, 32)), "hidden_dims"),
         (lambda: ToyUNet(hidden_dims=(64, 128, 32)), "hidden_dims"),
         (lambda: ToyUNet(num_classes=-1), "num_classes"),

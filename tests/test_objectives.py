@@ -4,13 +4,13 @@ import torch
 from scipy import stats
 from torch import nn
 
-from diffusion_lab.core import (DDIMSampler, Denoiser, DPMSolverSampler, EulerSampler, LogNormalSigma, ScheduleDDPM,
-                                ScheduleFlow, ScheduleLogLinear, UniformFlowTime, diffusion_loss, sample_dpmpp,
-                                sigma_from_t, t_from_sigma)
+import functools
+
+from diffusion_lab.core import (EDMWeight, LogNormalSigma, MinSNRWeight, Objective, PredEDM, PredEps, PredFlow, PredV,
+                                PredX0, Sampler, ScheduleDDPM, ScheduleFlow, ScheduleLogLinear, UniformFlowTime,
+                                diffusion_loss, sample_ddim, sample_dpmpp, sample_euler, sigma_from_t, t_from_sigma)
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.models import IdealDenoiser
-
-PREDICTIONS = ("eps", "x0", "v", "flow", "edm")
 
 
 class Constant(nn.Module):
@@ -24,22 +24,27 @@ class Constant(nn.Module):
         return self.out
 
 
-def raw_for(prediction: str, x0_hat: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, sigma_data=0.5):
-    """The raw output of each parameterization that implies the estimate x0_hat at noisy x, written from the
-    definitions (Salimans & Ho 2022 for v; Karras et al. 2022, eq. 7 for edm; velocity eps - x0 for flow)."""
-    s = sigma.view(-1, 1)
-    eps_hat = (x - x0_hat) / s
-    if prediction == "eps":
-        return eps_hat
-    if prediction == "x0":
-        return x0_hat
-    if prediction == "v":
-        alpha, sig_vp = 1 / (1 + s**2).sqrt(), s / (1 + s**2).sqrt()
-        return alpha * eps_hat - sig_vp * x0_hat
-    if prediction == "flow":
-        return eps_hat - x0_hat
+def _edm_raw(x0_hat, x, s, eps_hat, sigma_data=0.5):
     c_skip, c_out = sigma_data**2 / (s**2 + sigma_data**2), s * sigma_data / (s**2 + sigma_data**2).sqrt()
     return (x0_hat - c_skip * x) / c_out
+
+
+# The raw output of each objective that implies the estimate x0_hat at noisy x (x, s = sigma (B, 1), eps_hat), written
+# from the definitions (Salimans & Ho 2022 for v; Karras et al. 2022, eq. 7 for EDM; the velocity eps - x0 for flow).
+RAW = {PredEps: lambda x0_hat, x, s, eps_hat: eps_hat,
+       PredX0: lambda x0_hat, x, s, eps_hat: x0_hat,
+       PredV: lambda x0_hat, x, s, eps_hat: (eps_hat - s * x0_hat) / (1 + s**2).sqrt(),
+       PredFlow: lambda x0_hat, x, s, eps_hat: eps_hat - x0_hat,
+       PredEDM: _edm_raw}
+
+
+def raw_for(cls, x0_hat: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    s = sigma.view(-1, 1)
+    return RAW[cls](x0_hat, x, s, (x - x0_hat) / s)
+
+
+def test_every_objective_of_the_library_has_a_reference_here():
+    assert set(Objective.__subclasses__()) == set(RAW)
 
 
 def test_flow_frame_conversions_round_trip_and_match_the_linear_path():
@@ -51,16 +56,16 @@ def test_flow_frame_conversions_round_trip_and_match_the_linear_path():
     x = x0 + sigma[:, None] * eps
     assert torch.allclose(x / (1 + sigma[:, None]), (1 - t[:, None]) * x0 + t[:, None] * eps, atol=1e-12)
     # a flow network that outputs the true velocity eps - x0 gives back eps and x0
-    den = Denoiser(Constant(eps - x0), prediction="flow")
+    den = PredFlow(Constant(eps - x0))
     assert torch.allclose(den(x, sigma), eps, atol=1e-10)
 
 
-@pytest.mark.parametrize("prediction", PREDICTIONS)
-def test_each_prediction_converts_its_raw_output_to_the_implied_eps(prediction):
+@pytest.mark.parametrize("cls", list(RAW), ids=lambda c: c.__name__)
+def test_each_objective_converts_its_raw_output_to_the_implied_eps(cls):
     torch.manual_seed(1)
     x0_hat, x = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64) * 3
     sigma = torch.tensor([0.01, 0.1, 0.5, 1.0, 5.0, 80.0], dtype=torch.float64)
-    den = Denoiser(Constant(raw_for(prediction, x0_hat, x, sigma)), prediction=prediction)
+    den = cls(Constant(raw_for(cls, x0_hat, x, sigma)))
     assert torch.allclose(den(x, sigma), (x - x0_hat) / sigma[:, None], rtol=1e-9, atol=1e-9)
 
 
@@ -68,7 +73,7 @@ def test_edm_preconditioning_with_a_zero_network_is_the_gaussian_posterior_mean(
     """For x0 ~ N(0, sigma_data^2 I), E[x0 | x] = sigma_data^2 / (sigma_data^2 + sigma^2) x = c_skip x: F = 0 is ideal."""
     sd, sigma = 0.7, torch.tensor([0.05, 0.7, 3.0, 40.0], dtype=torch.float64)
     x = torch.randn(4, 5, dtype=torch.float64)
-    den = Denoiser(Constant(torch.zeros(4, 5, dtype=torch.float64)), prediction="edm", sigma_data=sd)
+    den = PredEDM(Constant(torch.zeros(4, 5, dtype=torch.float64)), sigma_data=sd)
     x0 = x - sigma[:, None] * den(x, sigma)
     assert torch.allclose(x0, sd**2 / (sd**2 + sigma[:, None] ** 2) * x, atol=1e-12)
 
@@ -86,12 +91,12 @@ def test_edm_loss_is_minimized_by_the_ideal_denoisers_posterior_mean():
     c_skip, c_out = sd**2 / (sigma**2 + sd**2), sigma * sd / (sigma**2 + sd**2).sqrt()
     targets = (data[None] - c_skip[:, None, None] * x[:, None]) / c_out[:, None, None]  # (5, 7, 3)
     best = (w[..., None] * targets).sum(1)
-    den = Denoiser(Constant(best), prediction="edm", sigma_data=sd)
+    den = PredEDM(Constant(best), sigma_data=sd)
     assert torch.allclose(x - sigma[:, None] * den(x, sigma), ideal.posterior_mean(x, sigma), atol=1e-9)
 
 
 @pytest.mark.parametrize("weighting", ["min_snr", "edm"])
-def test_loss_weights_weight_x0_errors_the_same_whatever_the_prediction(weighting):
+def test_loss_weights_weight_x0_errors_the_same_whatever_the_objective(weighting):
     """Min-SNR-gamma (Hang et al. 2023): x0 errors weighted min(1/sigma^2, gamma); EDM: (sigma^2 + sd^2)/(sigma sd)^2."""
     torch.manual_seed(3)
     x0, eps = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
@@ -101,18 +106,18 @@ def test_loss_weights_weight_x0_errors_the_same_whatever_the_prediction(weightin
     sd, gamma = 0.5, 5.0
     w = (1 / sigma**2).clamp(max=gamma) if weighting == "min_snr" else (sigma**2 + sd**2) / (sigma * sd) ** 2
     expected = (w * ((x0_hat - x0) ** 2).mean(1)).mean()
-    for prediction in PREDICTIONS:
-        den = Denoiser(Constant(raw_for(prediction, x0_hat, x, sigma)), prediction=prediction, loss_weight=weighting,
-                       snr_gamma=gamma, sigma_data=sd)
-        assert den.loss(x0, sigma, eps).item() == pytest.approx(expected.item(), rel=1e-9), prediction
+    weight = MinSNRWeight(gamma) if weighting == "min_snr" else EDMWeight(sd)
+    for cls in RAW:
+        den = cls(Constant(raw_for(cls, x0_hat, x, sigma)), loss_weight=weight)
+        assert den.loss(x0, sigma, eps).item() == pytest.approx(expected.item(), rel=1e-9), cls
 
 
 def test_min_snr_weights_of_the_paper():
     """eps: min(SNR, g)/SNR; v: min(SNR, g)/(SNR + 1) (Hang et al. 2023, eq. 7-9)."""
     sigma = torch.tensor([0.1, 0.4, 0.45, 1.0, 3.0], dtype=torch.float64)
     snr = 1 / sigma**2
-    eps = Denoiser(nn.Identity(), prediction="eps", loss_weight="min_snr", snr_gamma=5.0)
-    v = Denoiser(nn.Identity(), prediction="v", loss_weight="min_snr", snr_gamma=5.0)
+    eps = PredEps(nn.Identity(), loss_weight=MinSNRWeight(5.0))
+    v = PredV(nn.Identity(), loss_weight=MinSNRWeight(5.0))
     assert torch.allclose(eps.weight(sigma), snr.clamp(max=5) / snr)
     assert torch.allclose(v.weight(sigma), snr.clamp(max=5) / (snr + 1))
 
@@ -131,7 +136,7 @@ def test_training_level_distributions():
             seen.append(sigma)
             return x
 
-    den = Denoiser(Record(), prediction="flow", train_sigmas=LogNormalSigma(0.0, 1.0))
+    den = PredFlow(Record(), train_sigmas=LogNormalSigma(0.0, 1.0))
     diffusion_loss(den, torch.randn(4096, 2), ScheduleLogLinear(10, 0.1, 1.0), generator=g)
     assert seen[0].max() > 5.0 and seen[0].min() < 0.1  # outside the schedule's [0.1, 1]
 
@@ -146,9 +151,9 @@ def test_flow_schedule_spacing_and_shift():
 def test_euler_on_flow_levels_is_euler_on_the_flow_ode_in_t():
     """x' = x + (s' - s) eps in the sigma frame equals z' = z + (t' - t) v, v = eps - x0, in the flow frame."""
     torch.manual_seed(4)
-    model = Denoiser(IdealDenoiser(torch.randn(16, 2)))
+    model = PredEps(IdealDenoiser(torch.randn(16, 2)))
     schedule = ScheduleFlow(N=100, shift=3.0)
-    sampler = EulerSampler(steps=8)
+    sampler = Sampler(sample_euler, steps=8)
     levels = sampler.sigmas(schedule).double()
     x = torch.randn(5, 2) * levels[0].item()
     ours = list(sampler(model, schedule, xt=x.clone()))
@@ -183,7 +188,7 @@ def diffusers_reference(algorithm: str, order: int, steps: int, eps_fn, x_ve: to
 def test_dpm_solver_pp_matches_diffusers_step_by_step(sde, order):
     torch.manual_seed(5)
     data = torch.randn(8, 3, dtype=torch.float64)
-    model = Denoiser(IdealDenoiser(data))
+    model = PredEps(IdealDenoiser(data))
     x_ve = torch.randn(4, 3, dtype=torch.float64) * 80
     steps = 12
     gen = torch.Generator().manual_seed(7)
@@ -200,7 +205,7 @@ def test_dpm_solver_pp_matches_diffusers_step_by_step(sde, order):
 def test_dpm_solver_pp_lands_on_training_points_in_few_steps_as_ddim_does_in_many():
     torch.manual_seed(6)
     data = torch.randn(12, 2) * 2
-    model = Denoiser(IdealDenoiser(data))
+    model = PredEps(IdealDenoiser(data))
     schedule = ScheduleLogLinear(N=1000, sigma_min=0.002, sigma_max=40.0)
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0)) * 40.0
 
@@ -208,33 +213,35 @@ def test_dpm_solver_pp_lands_on_training_points_in_few_steps_as_ddim_does_in_man
         out = list(sampler(model, schedule, xt=x.clone()))[-1]
         return torch.cdist(out, data).min(1).values.max().item()
 
-    assert distance(DPMSolverSampler(steps=15)) < 1e-2
-    assert distance(DPMSolverSampler(steps=15, order=3)) < 1e-2
-    assert distance(DDIMSampler(steps=50)) < 1e-2
-    assert distance(DDIMSampler(steps=15)) > distance(DPMSolverSampler(steps=15))
+    dpm, ddim = functools.partial(sample_dpmpp), functools.partial(sample_ddim)
+    assert distance(Sampler(dpm, steps=15)) < 1e-2
+    assert distance(Sampler(functools.partial(sample_dpmpp, order=3), steps=15)) < 1e-2
+    assert distance(Sampler(ddim, steps=50)) < 1e-2
+    assert distance(Sampler(ddim, steps=15)) > distance(Sampler(dpm, steps=15))
 
 
-@pytest.mark.parametrize("kwargs, key", [
-    ({"prediction": "edm", "sigma_data": 0.0}, "parameterization.sigma_data=0.0 must be > 0"),
-    ({"loss_weight": "snr"}, "parameterization.loss_weight='snr' must be one of"),
-    ({"prediction": "flow", "scaled_input": True}, "parameterization.scaled_input=true"),
+@pytest.mark.parametrize("make, message", [
+    (lambda: PredEDM(nn.Identity(), sigma_data=0.0), "sigma_data=0.0 must be > 0"),
+    (lambda: EDMWeight(sigma_data=-1), "sigma_data=-1 must be > 0"),
+    (lambda: MinSNRWeight(gamma=0), "gamma=0 must be > 0"),
+    (lambda: Sampler(functools.partial(sample_dpmpp, order=4)), "order=4 is not supported"),
 ])
-def test_bad_objective_settings_name_the_key(kwargs, key):
-    with pytest.raises(ConfigError, match=f"^{key.replace('(', '.').replace(')', '.')}"):
-        Denoiser(nn.Identity(), **kwargs)
+def test_bad_objective_and_solver_settings_name_the_argument(make, message):
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        make()
 
 
-def test_unsupported_solver_order_names_the_key():
-    with pytest.raises(ConfigError, match=r"^sampler.order=4 is not supported"):
-        DPMSolverSampler(order=4)
+def test_flow_objective_takes_no_scaled_input():
+    with pytest.raises(TypeError, match="scaled_input"):
+        PredFlow(nn.Identity(), scaled_input=True)
 
 
 def test_first_order_dpm_solver_pp_is_ddim():
     torch.manual_seed(8)
-    model = Denoiser(IdealDenoiser(torch.randn(10, 3, dtype=torch.float64)))
+    model = PredEps(IdealDenoiser(torch.randn(10, 3, dtype=torch.float64)))
     schedule = ScheduleDDPM(N=1000)
     x = torch.randn(4, 3, dtype=torch.float64) * schedule.sigmas[-1].item()
-    ours = list(DPMSolverSampler(steps=10, order=1)(model, schedule, xt=x.clone()))
-    ddim = list(DDIMSampler(steps=10)(model, schedule, xt=x.clone()))
+    ours = list(Sampler(functools.partial(sample_dpmpp, order=1), steps=10)(model, schedule, xt=x.clone()))
+    ddim = list(Sampler(sample_ddim, steps=10)(model, schedule, xt=x.clone()))
     for a, b in zip(ours, ddim):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-8)

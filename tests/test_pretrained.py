@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 from diffusers import DDIMScheduler, StableDiffusionPipeline  # noqa: E402
 
-from diffusion_lab.core import ClassifierFreeGuidance, DDIMSampler, sample_ddim  # noqa: E402
+from diffusion_lab.core import ClassifierFreeGuidance, Sampler, sample_ddim  # noqa: E402
 from diffusion_lab.core.schedules import sigma_from_alpha_bar  # noqa: E402
 from diffusion_lab.errors import ConfigError  # noqa: E402
 from diffusion_lab.pretrained import DiffusersDenoiser, text_to_image  # noqa: E402
@@ -45,7 +45,7 @@ def test_loads_components_and_schedule(denoiser, saved):
 
 def test_text_to_image_gives_finite_images(denoiser):
     g = torch.Generator().manual_seed(0)
-    images = text_to_image(denoiser, ["a cat", "a dog"], sampler=DDIMSampler(steps=3), guidance_scale=7.5,
+    images = text_to_image(denoiser, ["a cat", "a dog"], sampler=Sampler(sample_ddim, steps=3), guidance_scale=7.5,
                            generator=g)
     assert images.shape == (2, 3, 16, 16)
     assert torch.isfinite(images).all() and images.abs().max() <= 1

@@ -56,7 +56,7 @@ def test_non_finite_loss_stops_before_the_optimizer_step(compose_cfg, tmp_path):
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
     with pytest.raises(NonFiniteError, match="step 7"):
         trainer.fit(module, datamodule=datamodule)
-    assert all(torch.isfinite(p).all() for p in module.model.parameters())
+    assert all(torch.isfinite(p).all() for p in module.objective.parameters())
     for path in (tmp_path / "checkpoints").glob("*.ckpt"):
         state = torch.load(path, weights_only=False)
         assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
@@ -78,7 +78,7 @@ def test_nonfinite_skip_drops_the_step_and_keeps_training(compose_cfg, tmp_path)
     trainer = instantiate(cfg.trainer, callbacks=[PoisonOnce()], logger=False)
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 12
-    assert all(torch.isfinite(p).all() for p in module.model.parameters())
+    assert all(torch.isfinite(p).all() for p in module.objective.parameters())
 
 
 def test_same_seed_same_config_gives_identical_losses_and_samples(compose_cfg, tmp_path):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from diffusion_lab.app.loading import resolve_device
+from diffusion_lab.app.sampling import resolve_device
 from diffusion_lab.errors import ConfigError
 
 

@@ -12,7 +12,7 @@ from diffusion_lab.errors import ConfigError
 from diffusion_lab.models import DiT
 from diffusion_lab.models.memory import training_memory
 from diffusion_lab.training import RunSummary
-from tests.helpers import FAST, TINY_DIT, compose_train, run_script
+from tests.helpers import CONDITIONAL, FAST, TINY_DIT, compose_train, run_script
 
 README = "# title\n\ntext before\n\n{begin}\nold table\n{end}\n\ntext after\n"
 
@@ -21,7 +21,7 @@ README = "# title\n\ntext before\n\n{begin}\nold table\n{end}\n\ntext after\n"
 def tiny_runs(tmp_path_factory):
     """A conditional DiT on digits with CFG and an unconditional MLP on a Gaussian mixture, trained for 20 steps."""
     root = tmp_path_factory.mktemp("results")
-    train(compose_train([*FAST, *TINY_DIT, "conditional=true", "guidance=cfg", "callbacks.evaluate.num_samples=20",
+    train(compose_train([*FAST, *TINY_DIT, CONDITIONAL, "guidance=cfg", "num_samples=20",
                          "task_name=dit_run"], root / "dit"))
     train(compose_train([*FAST, "data=gaussian", "model.hidden_dims=[16,32,16]", "data.batch_size=256", "task_name=toy_run"],
                         root / "toy"))

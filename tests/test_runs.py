@@ -30,7 +30,7 @@ def test_checkpoints_keep_the_newest_few_and_ema_weights_once(compose_cfg, tmp_p
     ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)
     ema_state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("EMA"))
     assert set(ema_state) == {"num_updates"} and ema_state["num_updates"] == 22
-    assert set(ckpt["ema_state_dict"]) == {k.removeprefix("model.") for k in ckpt["state_dict"]}
+    assert set(ckpt["ema_state_dict"]) == {k.removeprefix("objective.") for k in ckpt["state_dict"]}
 
 
 def test_resuming_a_finished_run_for_more_steps_is_bit_identical(compose_cfg, tmp_path):
@@ -156,7 +156,7 @@ def test_ema_export_pairs_names_with_shadows_when_parameters_are_frozen(compose_
 
     cfg = compose_cfg([*BASE, "trainer.max_steps=5"])
     module, datamodule = build(cfg)
-    params = dict(module.model.named_parameters())
+    params = dict(module.objective.named_parameters())
     frozen, trained = list(params)[0], list(params)[-1]
     params[frozen].requires_grad_(False)
     before = params[frozen].detach().clone()
@@ -164,7 +164,7 @@ def test_ema_export_pairs_names_with_shadows_when_parameters_are_frozen(compose_
     instantiate(cfg.trainer, callbacks=callbacks, logger=False).fit(module, datamodule=datamodule)
     shadows = next(c for c in callbacks if type(c).__name__ == "EMA").ema.shadow_params
     exported = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)["ema_state_dict"]
-    for (name, _), shadow in zip(module.model.named_parameters(), shadows, strict=True):
+    for (name, _), shadow in zip(module.objective.named_parameters(), shadows, strict=True):
         assert exported[name].shape == shadow.shape and torch.equal(exported[name], shadow), name
     assert torch.equal(exported[frozen], before)  # the average of a constant is that constant
     assert not torch.equal(exported[trained], params[trained].detach())

@@ -3,18 +3,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
+import functools
 
-from diffusion_lab.app.loading import build_guidance, load_run, sampler_config, sampling_setup
-from diffusion_lab.models.weights import read_checkpoint
-from diffusion_lab.core import (ClassifierFreeGuidance, Denoiser, EulerSampler, GeneralizedSampler, Guidance,
-                                HeunSampler, ScheduleLogLinear)
+from diffusion_lab.app.sampling import guidance_config, with_overrides
+from diffusion_lab.build import load_model
+from diffusion_lab.checkpoints import read_checkpoint
+from diffusion_lab.core import ClassifierFreeGuidance, Guidance, PredEps, Sampler, ScheduleLogLinear, sample_generalized
 from diffusion_lab.errors import CheckpointError, ConfigError
 from diffusion_lab.evaluation import Evaluator, data_tensors
-from diffusion_lab.sampling import SamplingSetup, generate, trajectory
+from diffusion_lab.sampling import DiffusionModel, generate, trajectory
 from tests.helpers import start_script
 
-STOCHASTIC = {"_target_": "diffusion_lab.core.GeneralizedSampler", "steps": 4, "gam": 1.0, "mu": 0.5, "schedule": None}
+STOCHASTIC = {"_target_": "diffusion_lab.core.Sampler", "steps": 4, "schedule": None,
+              "method": {"_target_": "diffusion_lab.core.sample_generalized", "_partial_": True, "gam": 1.0, "mu": 0.5}}
 # (script, checkpoint, overrides); the bad inputs of both scripts are in test_bad_input.py.
 GOOD = {
     "sample": ("sample", "toy", ["num_samples=20", "batch_size=7", "seed=5", "save=[png,pt,npz]", "trajectory=true"]),
@@ -46,14 +47,13 @@ def test_sample_script_writes_grid_raw_samples_and_trajectory_equal_to_in_proces
     for name in ("samples.png", "samples.pt", "samples.npz", "trajectory.png"):
         assert (run_dir / name).stat().st_size > 0
     saved = torch.load(run_dir / "samples.pt")
-    setup = sampling_setup(load_run(tiny_ckpts["toy"]))
-    expected = generate(setup, 20, batch_size=20, seed=5)
+    expected = generate(load_model(tiny_ckpts["toy"]), 20, batch_size=20, seed=5)
     assert torch.allclose(saved["samples"], expected.x, atol=1e-5)
     assert saved["seeds"].tolist() == list(range(5, 25))
 
 
 def test_same_seed_gives_the_same_samples_whatever_the_batch_size_or_process_split(tiny_ckpts):
-    setup = sampling_setup(load_run(tiny_ckpts["toy"]), sampler=STOCHASTIC)  # fresh noise at every step
+    setup = with_overrides(load_model(tiny_ckpts["toy"]), sampler=STOCHASTIC)  # fresh noise at every step
     first = generate(setup, 64, batch_size=64, seed=3).x
     assert torch.equal(first, generate(setup, 64, batch_size=64, seed=3).x)
     assert torch.allclose(first, generate(setup, 64, batch_size=1, seed=3).x, atol=1e-5)
@@ -64,26 +64,26 @@ def test_same_seed_gives_the_same_samples_whatever_the_batch_size_or_process_spl
 
 
 def test_precision_runs_the_network_in_bf16_and_keeps_the_samples_float32(tiny_ckpts):
-    run = load_run(tiny_ckpts["toy"])
-    assert run.config["trainer"]["precision"] == "32-true"
-    assert sampling_setup(run).autocast is None  # auto: as the run trained
-    setup = sampling_setup(run, precision="bf16-mixed")
+    full_model = load_model(tiny_ckpts["toy"])
+    assert full_model.config["trainer"]["precision"] == "32-true"
+    assert full_model.autocast is None  # auto: as the run trained
+    setup = load_model(tiny_ckpts["toy"], precision="bf16-mixed")
     assert setup.autocast is torch.bfloat16
     dtypes = []
-    hook = run.model.net.register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))
+    hook = setup.objective.net.register_forward_hook(lambda m, args, out: dtypes.append(out.dtype))
     low = generate(setup, 8, batch_size=8, seed=1)
     hook.remove()
-    full = generate(sampling_setup(run), 8, batch_size=8, seed=1)
+    full = generate(full_model, 8, batch_size=8, seed=1)
     assert dtypes and set(dtypes) == {torch.bfloat16} and low.x.dtype == torch.float32
     # bf16 keeps 8 bits of mantissa: close to the float32 samples (scale ~1), but not equal
     assert 0 < (low.x - full.x).abs().max() < 0.1 * full.x.abs().max()
     assert torch.equal(low.x[:4], generate(setup, 4, batch_size=2, seed=1).x)  # still per-sample seeded
     with pytest.raises(ConfigError, match=r"precision='fp8' must be one of"):
-        sampling_setup(run, precision="fp8")
+        load_model(tiny_ckpts["toy"], precision="fp8")
 
 
 def test_conditional_samples_follow_their_labels_and_seeds(tiny_ckpts):
-    setup = sampling_setup(load_run(tiny_ckpts["cond"]), cfg_scale=2.0)
+    setup = with_overrides(load_model(tiny_ckpts["cond"]), cfg_scale=2.0)
     a = generate(setup, 6, batch_size=6, seed=0, labels=[7, 2])
     b = generate(setup, 6, batch_size=4, seed=0, labels=[7, 2])
     assert a.labels.tolist() == [7, 2, 7, 2, 7, 2] and a.x.shape == (6, 1, 8, 8)
@@ -94,43 +94,42 @@ def test_conditional_samples_follow_their_labels_and_seeds(tiny_ckpts):
 
 def test_ema_weights_by_default_and_raw_weights_on_request(tiny_ckpts):
     ckpt = read_checkpoint(tiny_ckpts["toy"])
-    ema, raw = load_run(tiny_ckpts["toy"]).model.state_dict(), load_run(tiny_ckpts["toy"], ema=False).model.state_dict()
+    ema = load_model(tiny_ckpts["toy"]).objective.state_dict()
+    raw = load_model(tiny_ckpts["toy"], ema=False).objective.state_dict()
     key = next(k for k in ema if k.endswith("weight"))
     assert torch.equal(ema[key], ckpt["ema_state_dict"][key])
-    assert torch.equal(raw[key], ckpt["state_dict"][f"model.{key}"])
+    assert torch.equal(raw[key], ckpt["state_dict"][f"objective.{key}"])
 
 
 def test_checkpoint_prefixes_are_stripped_and_foreign_files_rejected(tiny_ckpts, tmp_path):
     ckpt = read_checkpoint(tiny_ckpts["toy"])
-    ckpt["state_dict"] = {k.replace("model.", "model._orig_mod.module.", 1): v for k, v in ckpt["state_dict"].items()}
+    raw = ckpt["state_dict"]
+    ckpt["state_dict"] = {k.replace("objective.", "objective._orig_mod.module.", 1): v for k, v in raw.items()}
     torch.save(ckpt, tmp_path / "compiled.ckpt")
-    assert load_run(tmp_path / "compiled.ckpt", ema=False).model.num_classes == 0
-    del ckpt["ema_state_dict"]
-    torch.save(ckpt, tmp_path / "no_ema.ckpt")
-    assert not load_run(tmp_path / "no_ema.ckpt").ema  # falls back to the raw weights (tests/test_checkpoint_kinds.py)
+    compiled = load_model(tmp_path / "compiled.ckpt", ema=False).objective.state_dict()
+    assert all(torch.equal(v, raw[f"objective.{k}"]) for k, v in compiled.items())
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
     with pytest.raises(CheckpointError, match="not a diffusion_lab checkpoint"):
         read_checkpoint(tmp_path / "foreign.ckpt")
 
 
 def test_shortcuts_must_belong_to_the_sampler(tiny_ckpts):
-    run = load_run(tiny_ckpts["toy"])
-    ddim = {"_target_": "diffusion_lab.core.DDIMSampler", "steps": 5, "eta": 0.0, "schedule": None}
-    assert sampling_setup(run, sampler=ddim, eta=0.5).sampler.eta == 0.5
-    with pytest.raises(ConfigError, match="has no gam"):
-        sampling_setup(run, sampler=ddim, gam=2.0)
+    model = load_model(tiny_ckpts["toy"])
+    ddim = {"_target_": "diffusion_lab.core.Sampler", "steps": 5,
+            "method": {"_target_": "diffusion_lab.core.sample_ddim", "_partial_": True}}
+    assert with_overrides(model, sampler=ddim, eta=0.5, steps=3).sampler.settings == {"eta": 0.5}
+    assert with_overrides(model, sampler=ddim, steps=3).sampler.steps == 3
+    with pytest.raises(ConfigError, match="^gam=2.0: the sampler's sample_ddim has no gam"):
+        with_overrides(model, sampler=ddim, gam=2.0)
 
 
-def test_sampler_and_guidance_configs_saved_by_older_versions_still_load():
-    heun = {"_target_": "diffusion_lab.core.HeunSampler", "steps": 3, "second_order": True, "s_churn": 0.0,
-            "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0, "schedule": None}
-    assert type(instantiate(sampler_config(heun))) is HeunSampler
-    euler = instantiate(sampler_config({**heun, "second_order": False}, steps=5))  # configs/sampler/euler.yaml then
-    assert type(euler) is EulerSampler and euler.nfe == 5
+def test_cfg_scale_turns_guidance_on_whatever_the_checkpoint_saved():
     for saved in (None, {}, {"_target_": "diffusion_lab.core.Guidance"}):  # older checkpoints; guidance=none now
-        assert type(build_guidance(saved, None, num_classes=10)) is Guidance
-        guided = build_guidance(saved, 2.0, num_classes=10)
-        assert type(guided) is ClassifierFreeGuidance and (guided.scale, guided.convention) == (2.0, "cond")
+        assert guidance_config(saved, None) == saved
+        guided = guidance_config(saved, 2.0)
+        assert guided == {"_target_": "diffusion_lab.core.ClassifierFreeGuidance", "scale": 2.0}
+    saved = {"_target_": "diffusion_lab.core.ClassifierFreeGuidance", "scale": 4.0, "convention": "uncond"}
+    assert guidance_config(saved, 7.5) == {**saved, "scale": 7.5}
 
 
 def test_toy_metrics_rank_the_ideal_denoiser_above_a_fresh_model_and_noise():
@@ -138,11 +137,12 @@ def test_toy_metrics_rank_the_ideal_denoiser_above_a_fresh_model_and_noise():
     from diffusion_lab.models import IdealDenoiser, TimeInputMLP
 
     data = Swissroll().data
-    schedule, sampler = ScheduleLogLinear(N=200, sigma_min=0.005, sigma_max=10.0), GeneralizedSampler(steps=20, gam=2.0)
+    schedule = ScheduleLogLinear(N=200, sigma_min=0.005, sigma_max=10.0)
+    sampler = Sampler(functools.partial(sample_generalized, gam=2.0), steps=20)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         fresh_net = TimeInputMLP(dim=2)
-    draw = lambda net: generate(SamplingSetup(Denoiser(net).eval(), schedule, sampler, Guidance()), 512).x  # noqa: E731
+    draw = lambda net: DiffusionModel(PredEps(net).eval(), schedule, sampler).sample(512)  # noqa: E731
     evaluate = Evaluator(data, ["swd", "mean_distance", "mmd", "coverage", "precision", "recall"])
     ideal, fresh = evaluate(draw(IdealDenoiser(data))), evaluate(draw(fresh_net))
     noise = evaluate(torch.randn(512, 2, generator=torch.Generator().manual_seed(0)))

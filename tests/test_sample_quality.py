@@ -5,7 +5,9 @@ from hydra.utils import instantiate
 from torch import nn
 
 from diffusion_lab.app.train import build
-from diffusion_lab.core import DDIMSampler, Denoiser, GeneralizedSampler, Guidance, ScheduleDDPM
+import functools
+
+from diffusion_lab.core import Guidance, PredEps, Sampler, ScheduleDDPM, sample_ddim, sample_generalized
 from diffusion_lab.data import Digits, GaussianMixture, Swissroll
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.evaluation import Evaluator, data_classifier, evaluation_sets
@@ -72,7 +74,7 @@ def test_image_metrics_floor_is_below_noised_and_dimmed_digits(tmp_path):
 
 def tiny_run(tmp_path, *overrides):
     cfg = compose_train([*FAST, "data=gaussian", "model.hidden_dims=[16,32,16]", "data.batch_size=256",
-                         "callbacks.evaluate.num_samples=64", "logger=csv", *overrides], tmp_path)
+                         "num_samples=64", "logger=csv", *overrides], tmp_path)
     module, datamodule = build(cfg)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=[instantiate(cfg.logger.csv)])
@@ -90,10 +92,7 @@ def test_callback_logs_each_validation_with_its_floor_once_and_is_repeatable(tmp
     assert quality.metrics[0] == "swd"
     first, second = (trainer.validate(module, datamodule=datamodule, verbose=False)[0] for _ in range(2))
     assert first["val/swd"] == second["val/swd"] == pytest.approx(logged["val/swd"][-1])
-    drawn = torch.randn(64, 2)
-    module.last_samples = drawn  # as the callback leaves them: the picture takes their first num_samples (16)
-    module.on_validation_epoch_end()
-    assert torch.equal(module.last_samples, drawn[:16])
+    assert module.validation_samples is None  # drawn for one validation, cleared when it ends
 
 
 def test_callback_scores_samples_against_the_data_not_the_validation_batch(tmp_path):
@@ -105,7 +104,7 @@ def test_callback_scores_samples_against_the_data_not_the_validation_batch(tmp_p
     module.eval()
     callbacks = [c for c in trainer.callbacks if type(c).__name__ == "EMA"]
     callbacks[0].swap_in(module)
-    x = generate(module.sampling_setup(), 64, seed=module.seed).x
+    x = generate(module.diffusion_model(), 64, seed=module.seed).x
     sets = evaluation_sets(datamodule.dataset, 64)
     from diffusion_lab.evaluation.metrics import sliced_wasserstein
     expected = float(sliced_wasserstein(x, sets.reference))
@@ -126,9 +125,10 @@ class DropoutNet(nn.Module):
         return self.frozen(self.inner(x)) * 0.1
 
 
-@pytest.mark.parametrize("sampler", [GeneralizedSampler(steps=5, gam=2.0), DDIMSampler(steps=5)])
+@pytest.mark.parametrize("sampler", [Sampler(functools.partial(sample_generalized, gam=2.0), steps=5),
+                                     Sampler(sample_ddim, steps=5)])
 def test_samplers_run_the_model_in_eval_mode_and_restore_each_module_mode(sampler):
-    model = Denoiser(DropoutNet())
+    model = PredEps(DropoutNet())
     schedule = ScheduleDDPM(N=100)
 
     def draw(train: bool) -> torch.Tensor:
@@ -149,7 +149,7 @@ def test_quality_report_reads_a_run_and_rescores_its_last_validation_exactly(tmp
     from diffusion_lab.app.train import train
 
     train(compose_train([*FAST, "data=gaussian", "model.hidden_dims=[16,32,16]", "data.batch_size=256",
-                         "callbacks.evaluate.num_samples=64"], tmp_path))
+                         "num_samples=64"], tmp_path))
     r = run_script("scripts/quality_report.py", [str(tmp_path), "--out", str(tmp_path / "q.png")], check=True)
     row = next(line for line in r.stdout.splitlines() if line.startswith(f"| {tmp_path.name} | swd (64) |"))
     cells = [c.strip() for c in row.strip("|").split("|")]

@@ -11,39 +11,32 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.app.loading import build_dataset, load_run, resolve_device, sampling_setup, setup_overrides
 from diffusion_lab.app.config import CONFIG_DIR, report_user_errors
+from diffusion_lab.app.sampling import build_dataset, overrides, resolve_device, with_overrides
+from diffusion_lab.build import load_model
 from diffusion_lab.core import ClassifierGuidance
-from diffusion_lab.evaluation import (Evaluator, data_classifier, default_metrics, evaluation_sets, grid_points,
-                                     plot_grid, write_csv)
-from diffusion_lab.evaluation.suite import CLASSIFIER_METRICS
-from diffusion_lab.sampling import SamplingSetup, check_labels, generate
+from diffusion_lab.evaluation import Evaluator, grid_points, plot_grid, reference_evaluator, write_csv
+from diffusion_lab.sampling import DiffusionModel, check_labels, generate
 
 
-def settings(setup: SamplingSetup) -> dict:
+def settings(model: DiffusionModel) -> dict:
     """The sampler settings a grid varies, as used, classifier_scale when it guides, and the network evaluations."""
-    guided = isinstance(setup.guidance, ClassifierGuidance)
-    base = setup.guidance.base if guided else setup.guidance
-    return {"steps": setup.sampler.steps, "gam": getattr(setup.sampler, "gam", None),
-            "cfg_scale": getattr(base, "scale", None), **({"classifier_scale": setup.guidance.scale} if guided else {}),
-            "nfe": setup.nfe}
+    guided = isinstance(model.guidance, ClassifierGuidance)
+    base = model.guidance.base if guided else model.guidance
+    return {"steps": model.sampler.steps, "gam": model.sampler.settings.get("gam"),
+            "cfg_scale": getattr(base, "scale", None), **({"classifier_scale": model.guidance.scale} if guided else {}),
+            "nfe": model.nfe}
 
 
 def evaluator_for(cfg: DictConfig, config: dict, conditional: bool, device: torch.device) -> tuple[Evaluator, dict]:
     """The metrics of cfg.metric against cfg.num_samples items of the checkpoint's training data, and their floor:
     the same metrics for as many other real items."""
     dataset = build_dataset(config)
-    sets = evaluation_sets(dataset, cfg.num_samples)
+    metrics = None if cfg.metric is None else ([cfg.metric] if isinstance(cfg.metric, str) else list(cfg.metric))
+    evaluator, sets = reference_evaluator(dataset, config["data"]["dataset"], cfg.num_samples, metrics, conditional,
+                                          cfg.classifier_cache, cfg.classifier_steps, cfg.inception_weights, device)
     if sets.size < cfg.num_samples:
         print(f"note: the data set has {len(dataset)} items: scoring {sets.size} samples against {sets.size} real ones")
-    metrics = None if cfg.metric is None else ([cfg.metric] if isinstance(cfg.metric, str) else list(cfg.metric))
-    image = sets.reference.ndim == 4
-    wanted = set(metrics or default_metrics(image, conditional))
-    classifier = None
-    if image and wanted & CLASSIFIER_METRICS:
-        classifier = data_classifier(dataset, config["data"]["dataset"], cfg.classifier_cache, cfg.classifier_steps)
-    evaluator = Evaluator(sets.reference, metrics, classifier=classifier, inception_weights=cfg.inception_weights,
-                          conditional=conditional, device=device)
     floor = evaluator(sets.floor, sets.floor_labels)
     print(f"floor ({sets.size} real items against {sets.size} others): " +
           " ".join(f"{k}={v:.5g}" for k, v in floor.items()))
@@ -54,18 +47,18 @@ def evaluator_for(cfg: DictConfig, config: dict, conditional: bool, device: torc
 @report_user_errors
 def main(cfg: DictConfig) -> float:
     device = resolve_device(cfg.device)
-    run = load_run(cfg.ckpt, ema=cfg.ema, device=device)
-    base = setup_overrides(cfg)
+    loaded = load_model(cfg.ckpt, ema=cfg.ema, device=device, precision=cfg.precision)
+    base = overrides(cfg)
     grid = OmegaConf.to_container(cfg.grid, resolve=True)
     # every grid point is built before any sampling, so a bad value fails at once
     points = [{k: v for k, v in p.items() if v is not None} for p in grid_points(**grid)]
-    setups = [sampling_setup(run, **{**base, **p}) for p in points]
-    labels = check_labels(OmegaConf.to_object(cfg.labels) if cfg.labels is not None else None, setups[0].num_classes)
-    evaluator, floor = evaluator_for(cfg, run.config, conditional=setups[0].num_classes > 0, device=device)
+    models = [with_overrides(loaded, **{**base, **p}) for p in points]
+    labels = check_labels(OmegaConf.to_object(cfg.labels) if cfg.labels is not None else None, models[0].num_classes)
+    evaluator, floor = evaluator_for(cfg, loaded.config, conditional=models[0].num_classes > 0, device=device)
     rows = []
-    for setup in setups:
-        out = generate(setup, len(evaluator.reference), cfg.batch_size, cfg.seed, labels, progress=cfg.progress)
-        rows.append({**settings(setup), **evaluator(out.x, out.labels)})
+    for model in models:
+        out = generate(model, len(evaluator.reference), cfg.batch_size, cfg.seed, labels, progress=cfg.progress)
+        rows.append({**settings(model), **evaluator(out.x, out.labels)})
         print(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()))
         rows[-1].update(floor)  # the CSV keeps each metric's floor beside it
     out_dir = Path(cfg.paths.output_dir)

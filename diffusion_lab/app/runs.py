@@ -23,12 +23,12 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".run.lock"
 # What a resumed run must keep: the network, what it is trained on and how, and the data stream's order.
 # Everything else (optimizer and LR settings, max_steps, validation cadence, loggers, callbacks, sampler) may change.
-FIXED = ("model", "parameterization", "schedule", "module", "conditional", "seed", "data.dataset", "data.input_dims",
-         "data.num_classes", "data.labels", "data.batch_size", "data.epoch_size", "data.seed",
-         "trainer.accumulate_grad_batches", "optimizer._target_", "lr_scheduler._target_")
-MOVABLE = ("data.dataset.root", "data.dataset.download")  # where the same data lives may change
-# The `module` of configs saved before the LightningModule was a config group, when this was the only one.
-DEFAULT_MODULE = {"_target_": "diffusion_lab.training.DiffusionModule", "_partial_": True}
+FIXED = ("model", "objective", "schedule", "module", "seed", "data.dataset", "data.input_dims", "data.num_classes",
+         "data.batch_size", "data.epoch_size", "data.seed", "trainer.accumulate_grad_batches", "optimizer._target_",
+         "lr_scheduler._target_")
+# Where the same data lives, and how validation samples and what to do with a non-finite step, may change.
+MOVABLE = ("data.dataset.root", "data.dataset.download", "module.num_samples", "module.sample_batch_size",
+           "module.nonfinite", "module.max_skipped_steps", "module.classifier_scale")
 
 
 def logged(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -103,8 +103,6 @@ def config_changes(saved: dict, current: dict) -> dict[str, tuple]:
 
     A key absent from a `_target_` node counts as its constructor's default.
     """
-    if "module" in current and "module" not in saved:
-        saved = {**saved, "module": DEFAULT_MODULE}
     a, b = _flatten(_with_defaults(saved)), _flatten(_with_defaults(current))
     missing = "<absent>"
     return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(a.keys() | b.keys())

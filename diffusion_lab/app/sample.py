@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.app.loading import build_dataset, load_run, resolve_device, sampling_setup, setup_overrides
 from diffusion_lab.app.config import CONFIG_DIR, report_user_errors
+from diffusion_lab.app.sampling import build_dataset, overrides, resolve_device, with_overrides
+from diffusion_lab.build import load_model
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.models.ideal import stack_dataset
 from diffusion_lab.sampling import Samples, check_labels, gather, generate, trajectory
@@ -66,29 +67,29 @@ def main(cfg: DictConfig) -> None:
     device = resolve_device(cfg.device)
     if device.index is not None and device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL's all_gather_object works on the current device: one GPU per rank
-    run = load_run(cfg.ckpt, ema=cfg.ema, device=device)
-    setup = sampling_setup(run, **setup_overrides(cfg))
-    labels = check_labels(OmegaConf.to_object(cfg.labels) if cfg.labels is not None else None, setup.num_classes)
+    model = load_model(cfg.ckpt, ema=cfg.ema, device=device, precision=cfg.precision)
+    model = with_overrides(model, **overrides(cfg))
+    labels = check_labels(OmegaConf.to_object(cfg.labels) if cfg.labels is not None else None, model.num_classes)
     if distributed():  # torchrun --nproc_per_node=N scripts/sample.py ...: split the seeds, gather on every rank
         import torch.distributed as dist
 
-        out = gather(generate(setup, cfg.num_samples, cfg.batch_size, cfg.seed, labels, dist.get_rank(),
+        out = gather(generate(model, cfg.num_samples, cfg.batch_size, cfg.seed, labels, dist.get_rank(),
                               dist.get_world_size(), cfg.progress and dist.get_rank() == 0))
         if dist.get_rank() != 0:
             return
     else:
-        out = generate(setup, cfg.num_samples, cfg.batch_size, cfg.seed, labels, cfg.rank, cfg.world_size,
+        out = generate(model, cfg.num_samples, cfg.batch_size, cfg.seed, labels, cfg.rank, cfg.world_size,
                        cfg.progress)
     points = out.x.ndim == 2
-    reference = stack_dataset(build_dataset(run.config), max_points=2000) if points else None
-    nrow = setup.num_classes if setup.num_classes and labels is None else None
+    reference = stack_dataset(build_dataset(model.config), max_points=2000) if points else None
+    nrow = model.num_classes if model.num_classes and labels is None else None
     for path in save(out, cfg, formats, reference, nrow):
         print(f"wrote {path}")
     if cfg.trajectory and cfg.rank == 0:
         from diffusion_lab.evaluation.plotting import save_trajectory
 
         n = min(cfg.num_samples, 1000) if points else min(cfg.trajectory_samples, cfg.num_samples)
-        frames = trajectory(setup, n, cfg.seed, labels)
+        frames = trajectory(model, n, cfg.seed, labels)
         print(f"wrote {save_trajectory(frames, Path(cfg.paths.output_dir) / 'trajectory.png', reference)}")
 
 

@@ -9,9 +9,9 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from diffusion_lab.app.loading import resolve_device
+from diffusion_lab.app.sampling import resolve_device
 from diffusion_lab.app.config import CONFIG_DIR, report_user_errors
-from diffusion_lab.core import per_sample_generators
+from diffusion_lab.core.noise import NoiseStreams
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.evaluation.plotting import save_samples
 from diffusion_lab.pretrained import text_to_image
@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> None:
     negative = None if cfg.negative_prompts is None else list(cfg.negative_prompts)
     device = resolve_device(cfg.device)
     denoiser = instantiate(cfg.denoiser).to(device)
-    generators = per_sample_generators(range(cfg.seed, cfg.seed + len(prompts)), device)
+    generators = NoiseStreams(range(cfg.seed, cfg.seed + len(prompts)), device)
     images = text_to_image(denoiser, prompts, negative, sampler=instantiate(cfg.sampler),
                            guidance_scale=cfg.guidance_scale, generator=generators)  # (B, 3, H, W) in [-1, 1]
     path = save_samples(images, Path(cfg.paths.output_dir) / "samples.png")

@@ -18,29 +18,30 @@ from diffusion_lab.errors import ConfigError
 
 
 def build(cfg: DictConfig):
-    """The LightningModule and DataModule of a composed config, every group instantiated."""
+    """The LightningModule and DataModule of a composed config: the model's parts by `build_model` (the builder that
+    sampling and evaluation use too), the training-only objects by Hydra's instantiate."""
     from hydra.utils import instantiate
 
-    from diffusion_lab.core import ClassifierFreeGuidance
+    from diffusion_lab.build import LATENT_PARTS, build_model
 
+    config = OmegaConf.to_container(cfg, resolve=True)
+    model = build_model(config)
     datamodule = instantiate(cfg.data)
-    net = instantiate(cfg.model)
-    model = instantiate(cfg.parameterization, net=net)
-    guidance = instantiate(cfg.guidance) if cfg.get("guidance") else None
-    if isinstance(guidance, ClassifierFreeGuidance) and not model.num_classes:
-        raise ConfigError("guidance=cfg needs a conditional model: set conditional=true (model.num_classes > 0)")
-    module = instantiate(cfg.module)(  # a partial (configs/module/): the parts built here and the top-level keys
-        model=model, schedule=instantiate(cfg.schedule), sampler=instantiate(cfg.sampler),
-        optimizer=instantiate(cfg.optimizer), lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
-        guidance=guidance, conditional=cfg.conditional, seed=cfg.seed, num_samples=cfg.num_samples,
-        nonfinite=cfg.nonfinite, max_skipped_steps=cfg.max_skipped_steps, config=OmegaConf.to_container(cfg, resolve=True))
+    latent = {p: getattr(model, p) for p in LATENT_PARTS if getattr(model, p) is not None}
+    # Built objects replace the module config's own nodes (a latent module's vae and classifier); the config stays
+    # a plain dict (_convert_) that Hydra does not instantiate (_recursive_).
+    module = instantiate(cfg.module, _recursive_=False, _convert_="all", objective=model.objective,
+                         schedule=model.schedule, sampler=model.sampler, guidance=model.guidance,
+                         optimizer=instantiate(cfg.optimizer), train_config=config, **latent,
+                         lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None)
     check_input_shape(module, datamodule)
     return module, datamodule
 
 
 def check_input_shape(module, datamodule) -> None:
-    """Refuses, in one line naming the key, a module whose first network does not take the data's shape: the VAE
-    for latent diffusion (the module itself checks the denoiser against the VAE's latents), else the denoiser."""
+    """Refuses, in one line naming the key, a module whose first network does not take the data's shape (the VAE
+    for latent diffusion, which checks the denoiser against its latents itself; else the denoiser), or a
+    conditional network on data of other classes."""
     from diffusion_lab.training import LatentDiffusionModule
 
     data = list(datamodule.input_dims)
@@ -48,10 +49,15 @@ def check_input_shape(module, datamodule) -> None:
         if list(module.vae.input_dims) != data:
             raise ConfigError(f"module.vae: VAE takes images of shape {list(module.vae.input_dims)} but data gives "
                               f"{data}; module.vae.channels and module.vae.in_dim must match data.input_dims")
-    elif list(module.model.input_dims) != data:
-        raise ConfigError(f"model: {type(module.model.net).__name__} takes inputs of shape "
-                          f"{list(module.model.input_dims)} but data gives {data}; pick a model for this data "
+    elif list(module.objective.input_dims) != data:
+        raise ConfigError(f"model: {type(module.objective.net).__name__} takes inputs of shape "
+                          f"{list(module.objective.input_dims)} but data gives {data}; pick a model for this data "
                           "(e.g. model=dit for images)")
+    classes = module.objective.num_classes
+    if classes and classes != datamodule.num_classes:
+        has = f"{datamodule.num_classes} classes" if datamodule.num_classes else "no labels"
+        raise ConfigError(f"model: num_classes={classes} but the data has {has}; a conditional model takes the "
+                          "data's labels: model.num_classes=${data.num_classes}")
 
 
 def available_memory(accelerator: str) -> tuple[str, int | None]:
@@ -117,7 +123,8 @@ def train(cfg: DictConfig) -> float | None:
 
     from diffusion_lab.app.config_checks import check_config
     from diffusion_lab.app.runs import RunDirectory, check_resume_config, resolve_ckpt_path
-    from diffusion_lab.models.weights import load_weights, read_checkpoint, strip_prefixes
+    from diffusion_lab.checkpoints import load_weights, read_checkpoint, weights
+    from diffusion_lab.training import AtomicCheckpointIO
     from diffusion_lab.training.environment import skip_nvml_cuda_check
 
     check_config(cfg)
@@ -132,19 +139,20 @@ def train(cfg: DictConfig) -> float | None:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     module, datamodule = build(cfg)
     if cfg.get("memory_check", True):
-        check_memory(cfg, module.model.net)
+        check_memory(cfg, module.objective.net)
     if warning := emulated_bf16_warning(cfg):
         print(warning, file=sys.stderr)
-    if ckpt_path:  # refuse a corrupt or foreign checkpoint, or a change of model, data or schedule, in one line
-        ckpt = read_checkpoint(ckpt_path)
-        check_resume_config(ckpt["config"], module.config, ckpt_path)
-        load_weights(module.model, strip_prefixes(ckpt["state_dict"], "model."), Path(ckpt_path))
-        del ckpt
+    ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
+    if ckpt:  # refuse a corrupt or foreign checkpoint, or a change of model, data or schedule, in one line
+        check_resume_config(ckpt["config"], module.train_config, ckpt_path)
+        load_weights(module.objective, weights(ckpt, "objective"), Path(ckpt_path))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if ckpt and isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+        trainer.strategy.checkpoint_io.hand_over(ckpt_path, ckpt)  # Lightning restores from it: read once
     if cfg.get("compile"):
-        module.model.net.forward = torch.compile(module.model.net.forward)
+        module.objective.net.forward = torch.compile(module.objective.net.forward)
     with RunDirectory(run_dir, ckpt_path, auto=cfg.get("ckpt_path") == "auto", writer=trainer.is_global_zero):
         if trainer.is_global_zero:
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -167,7 +175,7 @@ def hyperparameters(module, run_dir: Path) -> dict:
         params = list(net.parameters())
         return {"total": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad)}
 
-    return {**module.config, "num_params": {"model": counts(module.model), "module": counts(module)},
+    return {**module.train_config, "num_params": {"model": counts(module.objective), "module": counts(module)},
             "run_dir": str(run_dir)}
 
 

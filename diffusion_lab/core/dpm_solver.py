@@ -6,14 +6,13 @@ import torch
 from torch import nn
 
 from diffusion_lab.core.guidance import Guidance
-from diffusion_lab.core.samplers import Generators, Sampler, _in_eval_mode, _setup, randn
-from diffusion_lab.core.schedules import Schedule
+from diffusion_lab.core.samplers import Generators, _in_eval_mode, _setup, randn
 from diffusion_lab.errors import ConfigError
 
 
 def _check_order(order: int) -> None:
     if order not in (1, 2, 3):
-        raise ConfigError(f"sampler.order={order!r} is not supported: DPM-Solver++ here has order 1, 2 or 3")
+        raise ConfigError(f"order={order!r} is not supported: DPM-Solver++ here has order 1, 2 or 3")
 
 
 @torch.no_grad()
@@ -75,18 +74,3 @@ def _weights(h: float, order: int, sde: bool) -> list[float]:
     if sde:
         return [(1 - e) / (-2 * h) + 1, (1 - e - 2 * h) / (2 * h) ** 2 - 0.5]
     return [(e - 1) / h + 1, -((e - 1 + h) / h**2 - 0.5)]
-
-
-class DPMSolverSampler(Sampler):
-    """`sample_dpmpp`: DPM-Solver++(2M) (order 2), (3M) (order 3) or (1), or their SDE variants with sde=True; one
-    evaluation per step."""
-
-    method = staticmethod(sample_dpmpp)
-
-    def __init__(self, steps: int = 20, order: int = 2, sde: bool = False, schedule: Schedule | None = None):
-        super().__init__(steps, schedule)
-        _check_order(order)
-        self.order, self.sde = order, sde
-
-    def settings(self) -> dict:
-        return {"order": self.order, "sde": self.sde}

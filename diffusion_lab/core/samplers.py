@@ -6,7 +6,7 @@ frame x = x0 + sigma * eps and take the decreasing noise levels `sigmas` to visi
 `Schedule.sample_sigmas(steps)`), so any sampler runs with any schedule. Noise comes from `generator`: one
 torch.Generator for the batch, or NoiseStreams, one stream per sample, which makes every sample independent of the
 batch it was drawn in. Each runs the model in eval mode (no dropout or label dropout) and gives every module back
-its mode afterwards. The `Sampler` classes are their configs: settings, a step count and a schedule.
+its mode afterwards. `Sampler` binds one of them to a step count and a schedule: what a config builds.
 """
 import functools
 from collections.abc import Callable, Iterator, Sequence
@@ -16,8 +16,8 @@ from torch import nn
 
 from diffusion_lab.core.guidance import ClassifierFreeGuidance, Guidance
 from diffusion_lab.core.noise import NoiseStreams
-from diffusion_lab.core.schedules import Schedule
-from diffusion_lab.errors import ConfigError
+from diffusion_lab.core.schedules import Schedule, check_steps
+from diffusion_lab.errors import ConfigError, first_line
 from diffusion_lab.utils import module_device
 
 Generators = torch.Generator | NoiseStreams | None
@@ -28,16 +28,6 @@ def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype
     if isinstance(generator, NoiseStreams):
         return generator.randn(shape, dtype).to(device)
     return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-
-
-def per_sample_generators(seeds: Sequence[int], device: str | torch.device = "cpu") -> NoiseStreams:
-    """One noise stream per sample, seeded with that sample's seed."""
-    return NoiseStreams(seeds, device)
-
-
-def _check_steps(steps: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps={steps!r} must be an integer >= 1")
 
 
 def _check_generalized(gam: float, mu: float) -> None:
@@ -218,92 +208,58 @@ def sample_heun(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | No
         yield xt
 
 
-class Sampler:
-    """A sampler as a config object: a step count, an optional sampling schedule and the method's settings.
+sample_heun.evaluations_per_step = 2
 
-    Call it with the model and its training schedule; `schedule`, when given, replaces the training
-    schedule for sampling (a model trained on one schedule samples on another). A subclass names its
-    function (`method`) and returns its settings from `settings()`.
+
+class _Probe(nn.Module):
+    """The smallest denoiser: one coordinate and eps = 0. One step of a sampler on it checks the sampler's settings."""
+
+    input_dims = (1,)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+class Sampler:
+    """A sampler function with its settings, the number of steps and an optional sampling schedule.
+
+    method: a `sample_*` function, usually with its settings bound (`functools.partial`, or `_partial_: true` in a
+    config); one probe step on a one-number model checks them at once, with a private generator. schedule, when
+    given, replaces the model's training schedule for sampling (a model trained on one schedule samples on
+    another). A function that evaluates the model more than once per step says so in `evaluations_per_step`.
     """
 
-    method: Callable[..., Iterator[torch.Tensor]]
-    nfe_per_step = 1
-
-    def __init__(self, steps: int = 20, schedule: Schedule | None = None):
-        _check_steps(steps)
-        self.steps = steps
-        self.schedule = schedule
+    def __init__(self, method: Callable[..., Iterator[torch.Tensor]], steps: int = 20,
+                 schedule: Schedule | None = None):
+        check_steps(steps)
+        self.method, self.steps, self.schedule = method, steps, schedule
+        try:
+            next(iter(method(_Probe(), torch.tensor([1.0, 0.5]), batch_size=1, generator=torch.Generator())))
+        except TypeError as err:  # a setting the function does not take
+            raise ConfigError(f"method: {first_line(err)}") from None
 
     def sigmas(self, schedule: Schedule) -> torch.Tensor:
         """The steps + 1 levels to visit."""
         return (self.schedule or schedule).sample_sigmas(self.steps)
 
     @property
+    def settings(self) -> dict:
+        """The method's bound settings (gam, mu, eta, order, ...)."""
+        return dict(getattr(self.method, "keywords", {}))
+
+    @property
     def nfe(self) -> int:
         """Model evaluations per sample (without guidance's doubling)."""
-        return self.steps * self.nfe_per_step
-
-    def settings(self) -> dict:
-        """The keyword settings of `method` besides the common ones."""
-        return {}
+        function = getattr(self.method, "func", self.method)
+        return self.steps * getattr(function, "evaluations_per_step", 1)
 
     def __call__(self, model: nn.Module, schedule: Schedule, *, xt: torch.Tensor | None = None, batch_size: int = 1,
                  cond: torch.Tensor | None = None, guidance: Guidance | None = None,
                  generator: Generators = None) -> Iterator[torch.Tensor]:
         return self.method(model, self.sigmas(schedule), xt=xt, batch_size=batch_size, cond=cond, guidance=guidance,
-                           generator=generator, **self.settings())
+                           generator=generator)
 
-
-class GeneralizedSampler(Sampler):
-    """`sample_generalized` with fixed gam and mu: DDPM (1, 0.5), DDIM (1, 0), accelerated (2, 0)."""
-
-    method = staticmethod(sample_generalized)
-
-    def __init__(self, steps: int = 20, gam: float = 1.0, mu: float = 0.0, schedule: Schedule | None = None):
-        super().__init__(steps, schedule)
-        _check_generalized(gam, mu)
-        self.gam, self.mu = gam, mu
-
-    def settings(self) -> dict:
-        return {"gam": self.gam, "mu": self.mu}
-
-
-class DDIMSampler(Sampler):
-    """`sample_ddim` with a fixed eta."""
-
-    method = staticmethod(sample_ddim)
-
-    def __init__(self, steps: int = 50, eta: float = 0.0, schedule: Schedule | None = None):
-        super().__init__(steps, schedule)
-        _check_eta(eta)
-        self.eta = eta
-
-    def settings(self) -> dict:
-        return {"eta": self.eta}
-
-
-class DDPMSampler(Sampler):
-    """`sample_ddpm`: ancestral sampling over `steps` of the discrete timesteps."""
-
-    method = staticmethod(sample_ddpm)
-
-
-class EulerSampler(Sampler):
-    """`sample_euler` (Karras et al. 2022, alg. 2 without the correction); s_churn > 0 adds noise each step."""
-
-    method = staticmethod(sample_euler)
-
-    def __init__(self, steps: int = 20, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
-                 s_noise: float = 1.0, schedule: Schedule | None = None):
-        super().__init__(steps, schedule)
-        self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = s_churn, s_tmin, s_tmax, s_noise
-
-    def settings(self) -> dict:
-        return {"s_churn": self.s_churn, "s_tmin": self.s_tmin, "s_tmax": self.s_tmax, "s_noise": self.s_noise}
-
-
-class HeunSampler(EulerSampler):
-    """`sample_heun` (Karras et al. 2022, alg. 1 and 2): two evaluations per step."""
-
-    method = staticmethod(sample_heun)
-    nfe_per_step = 2
+    def __repr__(self) -> str:
+        function = getattr(self.method, "func", self.method)
+        settings = ", ".join(f"{k}={v}" for k, v in self.settings.items())
+        return f"Sampler({function.__name__}({settings}), steps={self.steps})"

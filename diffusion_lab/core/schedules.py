@@ -32,6 +32,12 @@ def sigma_from_t(t: torch.Tensor) -> torch.Tensor:
     return t / (1 - t)
 
 
+def check_steps(steps: int) -> None:
+    """Sampling steps: an integer >= 1."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps={steps!r} must be an integer >= 1")
+
+
 def _check_count(N: int) -> None:
     if not isinstance(N, int) or N < 1:
         raise ConfigError(f"N={N!r} must be an integer >= 1")
@@ -91,8 +97,7 @@ class Schedule:
 
     def sample_sigmas(self, steps: int) -> torch.Tensor:
         """steps + 1 decreasing sigmas with trailing spacing (Lin et al. 2024, table 2); the last is sigma_1."""
-        if not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"steps={steps!r} must be an integer >= 1")
+        check_steps(steps)
         N = len(self)
         idx = np.round(N * (1 - np.arange(steps) / steps)).astype(np.int64) - 1  # N-1 down to ~N/steps-1
         return self.sigmas[list(idx) + [0]]
@@ -198,7 +203,7 @@ class ScheduleFlow(Schedule):
 class LogNormalSigma:
     """Training levels with log sigma ~ N(mean, std^2): EDM's (mean -1.2, std 1.2; Karras et al. 2022, table 1) and,
     since log sigma = logit t for t = sigma / (1 + sigma), flow matching's logit-normal t (mean 0, std 1; Esser
-    et al. 2024, eq. 19). A training-level distribution for `Denoiser(train_sigmas=...)`, not a sampling schedule."""
+    et al. 2024, eq. 19). A training-level distribution for `Objective(train_sigmas=...)`, not a sampling schedule."""
 
     def __init__(self, mean: float = -1.2, std: float = 1.2):
         if not std > 0:

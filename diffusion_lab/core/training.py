@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from diffusion_lab.core.parameterization import Denoiser
+from diffusion_lab.core.objectives import Objective, PredEps
 from diffusion_lab.core.schedules import Schedule
 from diffusion_lab.utils import module_device, split_batch
 
@@ -24,14 +24,14 @@ def training_noise(x0: torch.Tensor, schedule: Schedule, generator: torch.Genera
 
 def diffusion_loss(model: nn.Module, x0: torch.Tensor, schedule: Schedule, cond: torch.Tensor | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """`Denoiser.loss` at random training levels (the denoiser's `train_sigmas`, else the schedule's) and noise
+    """`Objective.loss` at random training levels (the objective's `train_sigmas`, else the schedule's) and noise
     (Ho et al. 2020, eq. 14).
 
-    A network that is not a `Denoiser` is an eps-predictor: it is wrapped in `Denoiser(model)`.
+    A network that is not an `Objective` is an eps-predictor: it is wrapped in `PredEps(model)`.
     """
-    denoiser = model if isinstance(model, Denoiser) else Denoiser(model)
-    sigma, eps = training_noise(x0, schedule, generator, denoiser.train_sigmas)
-    return denoiser.loss(x0, sigma, eps, cond)
+    objective = model if isinstance(model, Objective) else PredEps(model)
+    sigma, eps = training_noise(x0, schedule, generator, objective.train_sigmas)
+    return objective.loss(x0, sigma, eps, cond)
 
 
 def training_loop(loader: Iterable, model: nn.Module, schedule: Schedule, epochs: int = 10000, lr: float = 1e-3,

@@ -4,4 +4,4 @@ from diffusion_lab.evaluation.classifier import (FeatureClassifier, cached_class
 from diffusion_lab.evaluation.grid import grid_points, plot_grid, write_csv
 from diffusion_lab.evaluation.suite import (IMAGE_METRICS, TOY_METRICS, EvaluationSets, Evaluator,
                                             classifier_cache_path, data_classifier, data_tensors, default_metrics,
-                                            evaluation_sets)
+                                            evaluation_sets, reference_evaluator)

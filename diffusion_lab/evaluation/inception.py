@@ -10,6 +10,16 @@ from diffusion_lab.errors import ConfigError, first_line
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
 
+def local_inception_weights(path: str | None = None) -> str | None:
+    """The Inception weights file for FID/KID when it is on this machine (path, or torch's hub cache), else None."""
+    if path:
+        return path
+    from pathlib import Path
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
+    return str(cached) if cached.is_file() else None
+
+
 def inception_features(weights: str | None = None) -> torch.nn.Module:
     """torchmetrics' Inception-v3 (2048-d pool features); ConfigError saying how to provide the weights if absent."""
     try:

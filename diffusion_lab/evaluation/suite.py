@@ -28,11 +28,15 @@ MIN_EVALUATION_SIZE = 8  # samples and real items each; the kNN metrics need mor
 CLASSIFIER_ITEMS = 5000  # the fixed subset of a data set its feature classifier is trained on
 
 
-def default_metrics(image: bool, conditional: bool) -> list[str]:
-    """The metrics evaluate.py reports when none are named (all offline)."""
+def default_metrics(image: bool, conditional: bool, labelled: bool = True, inception: bool = False) -> list[str]:
+    """The metrics reported when none are named: the offline ones for the data (the classifier's need labelled
+    images), and fid and kid when the Inception weights are on this machine."""
     if not image:
         return ["swd", "coverage", "precision", "recall", "mean_distance"]
-    return ["classifier_fd", "patch_fd", "precision", "recall", "confident"] + (["accuracy"] if conditional else [])
+    metrics = ["patch_fd"]
+    if labelled:
+        metrics = ["classifier_fd", "patch_fd", "precision", "recall", "confident"] + (["accuracy"] * conditional)
+    return metrics + ["fid", "kid"] * inception
 
 
 def classifier_cache_path(cache_dir: str | Path, data_config: dict, steps: int) -> Path:
@@ -173,3 +177,23 @@ class Evaluator:
         if self.inception is not None:
             out.update(self.inception(x))
         return out
+
+
+def reference_evaluator(dataset, data_config: dict, num_samples: int, metrics: Sequence[str] | None = None,
+                        conditional: bool = False, classifier_cache: str | Path | None = None,
+                        classifier_steps: int = 500, inception_weights: str | None = None,
+                        device: str | torch.device = "cpu", seed: int = 0) -> tuple["Evaluator", EvaluationSets]:
+    """An Evaluator of num_samples samples against as many real items of a data set, and those sets (reference and
+    floor): what in-training evaluation and scripts/evaluate.py both score with. metrics None: default_metrics."""
+    from diffusion_lab.evaluation.inception import local_inception_weights
+
+    sets = evaluation_sets(dataset, num_samples, seed)
+    image, weights = sets.reference.ndim == 4, local_inception_weights(inception_weights)
+    labelled = getattr(dataset, "num_classes", 0) >= 2
+    metrics = list(metrics or default_metrics(image, conditional, labelled, weights is not None))
+    classifier = None
+    if image and CLASSIFIER_METRICS & set(metrics):
+        classifier = data_classifier(dataset, data_config, classifier_cache, classifier_steps)
+    evaluator = Evaluator(sets.reference, metrics, classifier=classifier, inception_weights=weights,
+                          conditional=conditional, device=device)
+    return evaluator, sets

@@ -87,7 +87,8 @@ def check_unet_args(in_dim: int, ch: int, ch_mult: Sequence[int], num_res_blocks
 
 
 class Unet(DenoiserNet):
-    """DDPM U-Net (Ho et al. 2020): ch * ch_mult[i] channels at size in_dim / 2**i, attention at attn_resolutions."""
+    """DDPM U-Net (Ho et al. 2020): ch * ch_mult[k] channels at size in_dim / 2**k, self-attention at the levels k in
+    attn_levels (the paper's 16x16 of 32x32 images is level 1)."""
 
     def __init__(
         self,
@@ -96,27 +97,24 @@ class Unet(DenoiserNet):
         ch: int = 64,
         ch_mult: Sequence[int] = (1, 1, 2),
         num_res_blocks: int = 2,
-        attn_resolutions: Sequence[int] = (14,),
+        attn_levels: Sequence[int] = (1,),
         dropout: float = 0.1,
         num_classes: int = 0,
         cond_dropout: float = 0.0,
     ) -> None:
-        ch_mult, attn_resolutions = list(ch_mult), list(attn_resolutions)
+        ch_mult, attn_levels = list(ch_mult), list(attn_levels)
         check_unet_args(in_dim, ch, ch_mult, num_res_blocks, dropout)
-        resolutions = [in_dim // 2**i for i in range(len(ch_mult))]
-        if not set(attn_resolutions) <= set(resolutions):
-            raise ConfigError(
-                f"Unet: attn_resolutions={attn_resolutions} must be among the feature sizes {resolutions}"
-            )
+        if not set(attn_levels) <= set(range(len(ch_mult))):
+            raise ConfigError(f"Unet: attn_levels={attn_levels} must be levels of ch_mult: 0 to {len(ch_mult) - 1}")
         emb_dim = 4 * ch
         super().__init__((channels, in_dim, in_dim), num_classes, cond_dropout, label_dim=emb_dim)
         self.sigma_emb = SigmaEmbedding(2 * ((ch + 1) // 2), out_dim=emb_dim)
         self.conv_in = nn.Conv2d(channels, ch, 3, padding=1)
-        attn_levels = [r in attn_resolutions for r in resolutions]
-        skip_chs = self._build_down(ch, ch_mult, num_res_blocks, attn_levels, dropout)
+        attn = [level in attn_levels for level in range(len(ch_mult))]
+        skip_chs = self._build_down(ch, ch_mult, num_res_blocks, attn, dropout)
         mid = ch * ch_mult[-1]
         self.mid = nn.ModuleList([Stage(mid, mid, emb_dim, dropout, True), Stage(mid, mid, emb_dim, dropout, False)])
-        self._build_up(ch, ch_mult, num_res_blocks, attn_levels, dropout, skip_chs)
+        self._build_up(ch, ch_mult, num_res_blocks, attn, dropout, skip_chs)
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, channels, 3, padding=1)))
 
     def _build_down(self, ch: int, ch_mult: list[int], n_res: int, attn: list[bool], dropout: float) -> list[int]:

@@ -175,6 +175,10 @@ class VAE(nn.Module):
         """Images (B, C, H, W) from diffusion latents (already multiplied by scale_factor)."""
         return self.decoder(z / self.scale_factor)
 
+    def decode_images(self, z: Tensor) -> Tensor:
+        """`decode` clamped to the data range [-1, 1]: what a sampled latent is shown and scored as."""
+        return self.decode(z).clamp(-1, 1)
+
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(reconstruction from a posterior sample, mean, logvar); scale_factor plays no part."""
         mean, logvar = self.encode(x)

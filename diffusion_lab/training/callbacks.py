@@ -7,6 +7,7 @@ from torch_ema import ExponentialMovingAverage
 
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.evaluation.plotting import save_samples
+from diffusion_lab.utils import split_batch
 
 
 class EMA(Callback):
@@ -14,16 +15,16 @@ class EMA(Callback):
 
     Validation and sampling see the EMA weights; training always continues on the raw ones. With
     warmup, the decay ramps as min(decay, (1 + n) / (10 + n)) over the first updates. The averaged weights
-    are stored once, under checkpoint["ema_state_dict"] keyed like `model.state_dict()` (no `module.` or
+    are stored once, under checkpoint["ema_state_dict"] keyed like `objective.state_dict()` (no `module.` or
     `_orig_mod.` prefix; buffers are the model's own); the callback state holds only the update count. A
     resumed run averages with the decay of its config.
     """
 
     def __init__(self, decay: float = 0.999, warmup: bool = True, update_every: int = 1):
         if not 0 <= decay < 1:
-            raise ConfigError(f"callbacks.ema.decay={decay} must be in [0, 1)")
+            raise ConfigError(f"decay={decay} must be in [0, 1)")
         if update_every < 1:
-            raise ConfigError(f"callbacks.ema.update_every={update_every} must be >= 1")
+            raise ConfigError(f"update_every={update_every} must be >= 1")
         self.decay, self.warmup, self.update_every = decay, warmup, update_every
         self.ema: ExponentialMovingAverage | None = None
         self._pending: dict | None = None
@@ -32,9 +33,9 @@ class EMA(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.ema is None:
-            self.ema = ExponentialMovingAverage(pl_module.model.parameters(), decay=self.decay,
+            self.ema = ExponentialMovingAverage(pl_module.objective.parameters(), decay=self.decay,
                                                 use_num_updates=self.warmup)
-            self._names = [name for name, _ in pl_module.model.named_parameters()]
+            self._names = [name for name, _ in pl_module.objective.named_parameters()]
         if self._pending is not None:
             self._load(self._pending)
             self._pending = None
@@ -49,20 +50,20 @@ class EMA(Callback):
         # global_step counts optimizer steps, so accumulation and skipped steps update only after a real step.
         step = trainer.global_step
         if step != self._last_step and step % self.update_every == 0:
-            self.ema.update(pl_module.model.parameters())
+            self.ema.update(pl_module.objective.parameters())
         self._last_step = step
 
     def swap_in(self, pl_module: L.LightningModule) -> None:
         """Puts the EMA weights into the model, keeping the raw ones aside."""
         if self.ema is not None and not self._swapped:
-            self.ema.store(pl_module.model.parameters())
-            self.ema.copy_to(pl_module.model.parameters())
+            self.ema.store(pl_module.objective.parameters())
+            self.ema.copy_to(pl_module.objective.parameters())
             self._swapped = True
 
     def swap_out(self, pl_module: L.LightningModule) -> None:
         """Restores the raw weights."""
         if self._swapped:
-            self.ema.restore(pl_module.model.parameters())
+            self.ema.restore(pl_module.objective.parameters())
             self._swapped = False
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -95,29 +96,38 @@ class EMA(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         # torch-ema keeps one shadow per parameter, frozen ones included, in named_parameters() order.
-        state = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
-        for (name, _), shadow in zip(pl_module.model.named_parameters(), self.ema.shadow_params, strict=True):
+        state = {k: v.detach().clone() for k, v in pl_module.objective.state_dict().items()}
+        for (name, _), shadow in zip(pl_module.objective.named_parameters(), self.ema.shadow_params, strict=True):
             state[name] = shadow.detach().clone()
         checkpoint["ema_state_dict"] = state
 
 
 class SampleImages(Callback):
-    """After each validation, saves the module's samples as a picture in the run directory and logs it."""
+    """After each validation, draws the module's validation samples in the run directory and logs the picture: a
+    grid of the first max_images images, or every point over real data points (data_reference)."""
 
-    def __init__(self, dirpath: str, data_reference: bool = True):
-        self.dirpath = Path(dirpath)
-        self.data_reference = data_reference
+    def __init__(self, dirpath: str, max_images: int = 100, data_reference: bool = True):
+        if max_images < 1:
+            raise ConfigError(f"max_images={max_images} must be >= 1")
+        self.dirpath, self.max_images, self.data_reference = Path(dirpath), max_images, data_reference
+        self._reference = None
+
+    def reference(self, trainer: L.Trainer, n: int):
+        """Up to n real items beside point samples: the first validation batch's (fixed), else None."""
+        if self._reference is None and self.data_reference and trainer.datamodule is not None:
+            self._reference, _ = split_batch(next(iter(trainer.datamodule.val_dataloader())))
+        return None if self._reference is None else self._reference[:n]
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        x = getattr(pl_module, "last_samples", None)
-        if x is None or trainer.sanity_checking or not trainer.is_global_zero:
+        samples = pl_module.validation_samples
+        if samples is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        ref = getattr(pl_module, "_reference", None) if self.data_reference else None
+        x = samples.x[: self.max_images] if samples.x.ndim == 4 else samples.x
+        ref = self.reference(trainer, len(x)) if x.ndim == 2 else None
         path = save_samples(x, self.dirpath / f"samples_step{trainer.global_step:07d}.png", reference=ref,
                             title=f"step {trainer.global_step}")
         for logger in trainer.loggers:
             _log_image(logger, "sample/grid", path, trainer.global_step)
-        pl_module.last_samples = None
 
 
 def _log_image(logger, key: str, path: Path, step: int) -> None:

@@ -11,6 +11,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from diffusion_lab.checkpoints import read_checkpoint
 from diffusion_lab.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class RunCheckpoint(ModelCheckpoint):
         self._kept: list[str] = []
         unknown = [name for name in signals if not hasattr(signal, name) and name not in POSIX_ONLY]
         if unknown:
-            raise ConfigError(f"callbacks.model_checkpoint.signals: unknown signal {unknown[0]!r}; e.g. SIGTERM, SIGUSR1")
+            raise ConfigError(f"signals: unknown signal {unknown[0]!r}; e.g. SIGTERM, SIGUSR1")
         self.signals = [getattr(signal, name) for name in signals if hasattr(signal, name)]
         self.received: int | None = None
         self._outer: dict[int, object] = {}  # handlers installed before Lightning's (submitit's)
@@ -141,7 +142,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     A kill during a save leaves the previous checkpoint intact; a leftover temporary file from a killed save is
     removed at the next save. A failed write (a full disk) removes its temporary file and raises CheckpointError.
+    Loading reads and upgrades a checkpoint as diffusion_lab.checkpoints.read_checkpoint does, or takes the one
+    train.py has already read (`hand_over`), so a resume reads the file once.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._handed: tuple[str, dict] | None = None
+
+    def hand_over(self, path: str | Path, checkpoint: dict) -> None:
+        """The checkpoint at path, already read: the next load of that path returns it instead of reading."""
+        self._handed = (str(Path(path).resolve()), checkpoint)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        handed, self._handed = self._handed, None
+        if handed is not None and handed[0] == str(Path(path).resolve()):
+            return handed[1]
+        return read_checkpoint(path)
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)

@@ -70,7 +70,7 @@ class _Batched(Dataset):
 
 
 class DiffusionDataModule(L.LightningDataModule):
-    """Serves a data set's training batches (with labels when `labels`) and a fixed validation subset.
+    """Serves a data set's training batches (with labels when it has them) and a fixed validation subset.
 
     epoch_size: examples per training epoch (default: the data set once; more repeats small sets).
 
@@ -79,16 +79,16 @@ class DiffusionDataModule(L.LightningDataModule):
     """
 
     def __init__(self, dataset: Dataset, input_dims: Sequence[int], num_classes: int = 0, batch_size: int = 128,
-                 num_workers: int = 0, val_size: int = 512, labels: bool = False, seed: int = 0,
+                 num_workers: int = 0, val_size: int = 512, seed: int = 0,
                  pin_memory: bool = False, epoch_size: int | None = None):
         super().__init__()
         if batch_size < 1:
-            raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
+            raise ConfigError(f"batch_size={batch_size} must be >= 1")
         if num_workers < 0:
-            raise ConfigError(f"data.num_workers={num_workers} must be >= 0")
+            raise ConfigError(f"num_workers={num_workers} must be >= 0")
         self.dataset, self.input_dims, self.num_classes = dataset, tuple(input_dims), num_classes
         self.batch_size, self.num_workers, self.val_size = batch_size, num_workers, val_size
-        self.labels, self.seed, self.pin_memory, self.epoch_size = labels, seed, pin_memory, epoch_size
+        self.seed, self.pin_memory, self.epoch_size = seed, pin_memory, epoch_size
         self._check()
         self._resume: dict | None = None
         self.train_sampler: ResumableBatchSampler | None = None
@@ -96,12 +96,10 @@ class DiffusionDataModule(L.LightningDataModule):
     def _check(self) -> None:
         got = tuple(getattr(self.dataset, "input_dims", self.input_dims))
         if got != self.input_dims:
-            raise ConfigError(f"data.input_dims={list(self.input_dims)} but the data set yields {list(got)}")
+            raise ConfigError(f"input_dims={list(self.input_dims)} but the data set yields {list(got)}")
         got_classes = getattr(self.dataset, "num_classes", 0)
-        if self.labels and not got_classes:
-            raise ConfigError(f"conditional=true but data set {type(self.dataset).__name__} has no labels")
         if got_classes != self.num_classes:
-            raise ConfigError(f"data.num_classes={self.num_classes} but the data set has {got_classes} classes")
+            raise ConfigError(f"num_classes={self.num_classes} but the data set has {got_classes} classes")
 
     def _loader(self, sampler: ResumableBatchSampler) -> DataLoader:
         batched = hasattr(self.dataset, "get_batch")

@@ -7,9 +7,10 @@ import lightning as L
 import torch
 from torch import nn
 
-from diffusion_lab.core import Guidance, Sampler, Schedule, diffusion_loss
+from diffusion_lab.checkpoints import upgrade_checkpoint
+from diffusion_lab.core import Guidance, Objective, Sampler, Schedule, diffusion_loss
 from diffusion_lab.errors import ConfigError, NonFiniteError
-from diffusion_lab.sampling import SamplingSetup, autocast_dtype, generate, labels_for
+from diffusion_lab.sampling import DiffusionModel, Samples, autocast_dtype, gather, generate
 from diffusion_lab.utils import split_batch
 
 log = logging.getLogger(__name__)
@@ -31,46 +32,52 @@ def seed_device(device: torch.device, seed: int) -> None:
 
 
 class DiffusionModule(L.LightningModule):
-    """Trains `model` (an eps/x0/v denoiser) on a noise `schedule`; validation samples with `sampler` and `guidance`.
+    """Trains `objective` (a network and what it predicts) on a noise `schedule`; validation samples with `sampler` and
+    `guidance`.
 
     optimizer and lr_scheduler are partials that take the parameters / the optimizer; on resume their
     current settings (lr, weight decay, warmup, ...) replace the checkpoint's, keeping its progress. Every
     step's noise, sigmas and label dropout come from a generator seeded by (seed, global step, rank), so a
-    resumed run draws exactly what an uninterrupted one would. nonfinite=skip drops a step with a non-finite
-    gradient and stops after max_skipped_steps of them in a row. Training ends with a validation.
+    resumed run draws exactly what an uninterrupted one would. The objective is trained on the data's labels when
+    its network is conditional (num_classes > 0). nonfinite=skip drops a step with a non-finite gradient and stops
+    after max_skipped_steps of them in a row. Training ends with a validation.
+
+    Each validation draws num_samples samples (sample i from seed + i, sample_batch_size at a time, split over the
+    ranks) with the EMA weights into `validation_samples`, which the callbacks read: SampleQuality scores them,
+    SampleImages draws them. It is set when validation starts and cleared when it ends.
     """
 
-    def __init__(self, model: nn.Module, schedule: Schedule, sampler: Sampler, optimizer: Callable,
-                 lr_scheduler: Callable | None = None, guidance: Guidance | None = None, conditional: bool = False,
-                 seed: int = 0, num_samples: int = 64, nonfinite: str = "error", max_skipped_steps: int = 10,
-                 config: dict | None = None):
+    def __init__(self, objective: Objective, schedule: Schedule, sampler: Sampler, optimizer: Callable,
+                 lr_scheduler: Callable | None = None, guidance: Guidance | None = None, seed: int = 0,
+                 num_samples: int = 512, sample_batch_size: int = 256, nonfinite: str = "error",
+                 max_skipped_steps: int = 10, train_config: dict | None = None):
         super().__init__()
         if nonfinite not in ("error", "skip"):
             raise ConfigError(f"nonfinite={nonfinite!r} must be 'error' or 'skip'")
         if max_skipped_steps < 1:
             raise ConfigError(f"max_skipped_steps={max_skipped_steps} must be >= 1")
-        if conditional and not getattr(model, "num_classes", 0):
-            raise ConfigError("conditional=true needs a model with num_classes > 0 (model.num_classes)")
-        self.model = model
+        if num_samples < 0 or sample_batch_size < 1:
+            raise ConfigError(f"num_samples={num_samples} must be >= 0 and sample_batch_size={sample_batch_size} >= 1")
+        self.objective = objective
         self.schedule, self.sampler, self.guidance = schedule, sampler, guidance or Guidance()
         self.optimizer_fn, self.lr_scheduler_fn = optimizer, lr_scheduler
-        self.conditional, self.seed, self.num_samples, self.nonfinite = conditional, seed, num_samples, nonfinite
-        self.max_skipped_steps, self.skipped = max_skipped_steps, {"in_a_row": 0, "total": 0}
-        self.config = config
-        self.last_samples: torch.Tensor | None = None
+        self.seed, self.num_samples, self.sample_batch_size = seed, num_samples, sample_batch_size
+        self.nonfinite, self.max_skipped_steps, self.skipped = nonfinite, max_skipped_steps, {"in_a_row": 0, "total": 0}
+        self.train_config = train_config  # the resolved train config, saved in every checkpoint
+        self.validation_samples: Samples | None = None
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(x, sigma, cond)
+        return self.objective(x, sigma, cond)
 
     def _split(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(x0, labels): labels only when the model is trained conditionally."""
+        """(x0, labels): labels only when the network is conditional."""
         x0, labels = split_batch(batch)
-        return x0, labels if self.conditional else None
+        return x0, labels if self.objective.num_classes else None
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0, cond = self._split(batch)
         seed_device(x0.device, step_seed(self.seed, self.global_step, self.global_rank, batch_idx))
-        loss = diffusion_loss(self.model, x0, self.schedule, cond)
+        loss = diffusion_loss(self.objective, x0, self.schedule, cond)
         if self.logs_this_step():
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
@@ -117,50 +124,40 @@ class DiffusionModule(L.LightningModule):
 
     def trained_parameters(self) -> list[nn.Parameter]:
         """What the optimizer updates."""
-        return list(self.model.parameters())
+        return list(self.objective.parameters())
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x0, cond = self._split(batch)
         generator = torch.Generator(x0.device).manual_seed(step_seed(self.seed, batch_idx, -1))
-        loss = diffusion_loss(self.model, x0, self.schedule, cond, generator)
+        loss = diffusion_loss(self.objective, x0, self.schedule, cond, generator)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-        if batch_idx == 0:
-            self._reference = x0[: max(self.num_samples, 1)]  # drawn beside point samples in the picture
 
-    def on_validation_start(self) -> None:
-        self.last_samples = None  # set by the evaluation callback's on_validation_epoch_end, which runs first
+    def on_validation_epoch_start(self) -> None:
+        if not self.trainer.sanity_checking and self.num_samples > 0:
+            self.validation_samples = self.draw_validation_samples()
 
-    def on_validation_epoch_end(self) -> None:
-        """The picture's samples (rank 0): the first num_samples of the evaluation callback's, else drawn here.
+    def on_validation_end(self) -> None:
+        self.validation_samples = None  # the callbacks' on_validation_end has run by now
 
-        Sample i uses seed + i there and here, so a prefix of the callback's samples is what this would draw.
-        """
-        if self.trainer.sanity_checking or self.num_samples < 1 or not self.trainer.is_global_zero:
-            return
-        drawn = self.last_samples
-        if drawn is not None and len(drawn) >= self.num_samples:
-            self.last_samples = drawn[: self.num_samples]
-        else:
-            self.last_samples = self.draw_samples(self.num_samples)
+    def draw_validation_samples(self) -> Samples | None:
+        """num_samples samples of this run's model, every rank's share gathered on every rank."""
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        show = self.trainer.is_global_zero and self.trainer.progress_bar_callback is not None
+        part = generate(self.diffusion_model(), self.num_samples, self.sample_batch_size, self.seed, rank=rank,
+                        world_size=world, progress=show)
+        return gather(part) if world > 1 else part
 
     @property
     def can_sample(self) -> bool:
         """Whether the module has a denoiser to sample from (always, except early latent-diffusion stages)."""
         return True
 
-    def sampling_setup(self) -> SamplingSetup:
-        """What the samplers need: the model, schedule, sampler and guidance of this run, and the trainer's mixed
-        precision (bf16-mixed training samples under bf16 autocast too; Lightning's autocast covers only the steps)."""
+    def diffusion_model(self) -> DiffusionModel:
+        """This run's model as the samplers take it, in the trainer's mixed precision (bf16-mixed training samples
+        under bf16 autocast too; Lightning's autocast covers only the steps)."""
         precision = self._trainer.precision if self._trainer is not None else None
-        return SamplingSetup(self.model, self.schedule, self.sampler, self.guidance, autocast=autocast_dtype(precision))
-
-    def sample_labels(self, n: int) -> torch.Tensor | None:
-        """Labels 0, 1, ..., K-1, 0, 1, ... so that an image grid is ordered by class (None: unconditional)."""
-        return labels_for(range(n), self.sampling_setup().num_classes)
-
-    def draw_samples(self, n: int, seed: int | None = None) -> torch.Tensor:
-        """n samples (on the CPU) with the configured sampler and guidance; sample i always uses seed + i."""
-        return generate(self.sampling_setup(), n, batch_size=n, seed=self.seed if seed is None else seed).x
+        return DiffusionModel(self.objective, self.schedule, self.sampler, self.guidance,
+                              autocast=autocast_dtype(precision), config=self.train_config)
 
     def configure_optimizers(self):
         """The optimizer and its LR schedule, stepped per optimizer step; no lr_scheduler is a constant one, so that
@@ -174,11 +171,13 @@ class DiffusionModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": lr_config}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["config"] = self.config
+        checkpoint["config"] = self.train_config
         checkpoint["skipped_steps"] = dict(self.skipped)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """The configured optimizer and LR-schedule settings replace the saved ones; their progress is kept."""
+        """A checkpoint of an earlier layout is upgraded first (before Lightning loads its state_dict); the configured
+        optimizer and LR-schedule settings replace the saved ones, keeping their progress."""
+        upgrade_checkpoint(checkpoint)
         self.skipped = dict(checkpoint.get("skipped_steps", self.skipped))
         optimizer = self.optimizer_fn(params=self.trained_parameters())
         scheduler = self.lr_scheduler_fn(optimizer=optimizer) if self.lr_scheduler_fn else None

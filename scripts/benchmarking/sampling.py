@@ -1,38 +1,35 @@
 """Sampling in `python scripts/benchmark.py`: samples/s of a trained module, forwards and host reads per sampler
 step, and the cost of per-sample noise streams against one generator."""
-import copy
-import dataclasses
+import functools
 import statistics
 import time
 
 import torch
 
 from benchmarking.measure import HostReads, ratio_spread, spread, sync
-from diffusion_lab.core import GeneralizedSampler, per_sample_generators
-from diffusion_lab.core.noise import NoiseStreams
-from diffusion_lab.sampling import SamplingSetup, generate
+from diffusion_lab.core import NoiseStreams, Sampler, sample_generalized
+from diffusion_lab.sampling import DiffusionModel, generate
 
 STEPS = 20  # sampler steps of the timed sampling
 
 
-def draw(setup: SamplingSetup, n: int, seed: int) -> torch.Tensor:
+def draw(setup: DiffusionModel, n: int, seed: int) -> torch.Tensor:
     """n samples in one batch, sample i from seed + i (labels 0..K-1 in turn for a conditional model)."""
     return generate(setup, n, batch_size=n, seed=seed).x
 
 
-def module_setup(module, device: torch.device, ema=None) -> SamplingSetup:
+def module_setup(module, device: torch.device, ema=None) -> DiffusionModel:
     """The module's sampling setup (its sampler at STEPS steps, its training precision) on device, with the EMA
     weights swapped in when ema is given (what validation samples with)."""
     module = module.to(device).eval()  # Lightning's teardown left it on the CPU
     if ema is not None:
         ema.ema.to(device)
         ema.swap_in(module)
-    setup = module.sampling_setup()
-    setup.sampler.steps = STEPS
-    return setup
+    model = module.diffusion_model()
+    return model.replace(sampler=Sampler(model.sampler.method, STEPS, model.sampler.schedule))
 
 
-def samples_per_s(setup: SamplingSetup, n: int, seed: int, device: torch.device) -> float:
+def samples_per_s(setup: DiffusionModel, n: int, seed: int, device: torch.device) -> float:
     """One timed draw of n samples in one batch, after an untimed draw of two."""
     draw(setup, 2, seed)
     sync(device)
@@ -42,12 +39,12 @@ def samples_per_s(setup: SamplingSetup, n: int, seed: int, device: torch.device)
     return n / (time.perf_counter() - t0)
 
 
-def per_sampler_step(setup: SamplingSetup, seed: int) -> dict:
+def per_sampler_step(setup: DiffusionModel, seed: int) -> dict:
     """Denoiser forwards and host reads per sampler step: the counts at 20 steps minus those at 10, over 10."""
     counts, steps = {}, setup.sampler.steps
     for setup.sampler.steps in (10, 20):
         calls, reads = [], HostReads()
-        hook = setup.model.register_forward_hook(lambda *_: calls.append(1))
+        hook = setup.objective.register_forward_hook(lambda *_: calls.append(1))
         with reads:
             draw(setup, 2, seed)
         hook.remove()
@@ -57,7 +54,7 @@ def per_sampler_step(setup: SamplingSetup, seed: int) -> dict:
                 host_reads_per_step=(counts[20][1] - counts[10][1]) / 10)
 
 
-def noise_cost(setup: SamplingSetup, n: int, seed: int, device: torch.device, rounds: int = 3,
+def noise_cost(setup: DiffusionModel, n: int, seed: int, device: torch.device, rounds: int = 3,
                steps: int | None = None) -> dict:
     """Samples/s at batch n with one noise generator per sample (what generate does: samples independent of the
     batch) against one generator for the batch, for the run's sampler and for a sampler that draws fresh noise at
@@ -67,11 +64,11 @@ def noise_cost(setup: SamplingSetup, n: int, seed: int, device: torch.device, ro
     the same cost from the noise alone (noise_draw_times) over the one-generator run's median time: the difference
     of two timings of the noise only, so it resolves costs below the spread of whole sampling runs."""
     out = {}
-    run_sampler = copy.copy(setup.sampler)
-    steps = steps or run_sampler.steps
-    run_sampler.steps = steps
-    for name, sampler in (("run_sampler", run_sampler), ("ddpm_noise", GeneralizedSampler(steps, gam=1.0, mu=0.5))):
-        s = dataclasses.replace(setup, sampler=sampler)
+    steps = steps or setup.sampler.steps
+    run_sampler = Sampler(setup.sampler.method, steps, setup.sampler.schedule)
+    ddpm_noise = Sampler(functools.partial(sample_generalized, gam=1.0, mu=0.5), steps)
+    for name, sampler in (("run_sampler", run_sampler), ("ddpm_noise", ddpm_noise)):
+        s = setup.replace(sampler=sampler)
         cond = None if not s.num_classes else (torch.arange(n) % s.num_classes).to(device)
         streams = []  # the per-sample streams of each round, which note the shapes of their draws
 
@@ -86,7 +83,7 @@ def noise_cost(setup: SamplingSetup, n: int, seed: int, device: torch.device, ro
                 with torch.no_grad(), s.precision():
                     sync(device)
                     t0 = time.perf_counter()
-                    *_, x = s.sampler(s.model, s.schedule, batch_size=n, cond=cond, guidance=s.guidance,
+                    *_, x = s.sampler(s.objective, s.schedule, batch_size=n, cond=cond, guidance=s.guidance,
                                       generator=make())
                     sync(device)
                 times[kind].append(time.perf_counter() - t0)
@@ -94,7 +91,7 @@ def noise_cost(setup: SamplingSetup, n: int, seed: int, device: torch.device, ro
         per, one = spread(times["per_sample"]), spread(times["one"])
         ratios = ratio_spread(times["per_sample"], times["one"])  # paired within each round
         quartiles = statistics.quantiles(ratios["values"], n=4) if rounds >= 4 else None
-        out[name] = dict(sampler=type(sampler).__name__, batch=n, steps=steps, rounds=rounds,
+        out[name] = dict(sampler=repr(sampler), batch=n, steps=steps, rounds=rounds,
                          per_sample_samples_per_s=n / per["median"], one_generator_samples_per_s=n / one["median"],
                          cost=ratios["median"] - 1,
                          cost_quartiles=quartiles and [quartiles[0] - 1, quartiles[2] - 1],
@@ -119,7 +116,7 @@ def noise_draw_times(shapes: list[tuple], n: int, seed: int, device: torch.devic
     per-sample streams and with one generator; the minimum over `repeats`, since load only adds time."""
 
     def streams():
-        g = per_sample_generators(range(seed, seed + n), device)
+        g = NoiseStreams(range(seed, seed + n), device)
         return [g.randn(shape) for shape in shapes]
 
     def one():

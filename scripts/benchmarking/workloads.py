@@ -137,7 +137,7 @@ def plain_run(cfg: DictConfig, warmup: int, steps: int, device: torch.device, ru
     """The training of train(cfg) as a plain loop: same seed and build, optimizer, loss, data and EMA (run_ema's)."""
     L.seed_everything(cfg.seed, verbose=False)
     module, datamodule = build(cfg)
-    model, data, batch = module.model.to(device).train(), datamodule.dataset, datamodule.batch_size
+    model, data, batch = module.objective.to(device).train(), datamodule.dataset, datamodule.batch_size
     optimizer = module.optimizer_fn(params=model.parameters())
     ema = None if run_ema is None else ExponentialMovingAverage(model.parameters(), run_ema.decay, run_ema.warmup)
     window, i = Window(warmup, steps, device), 0
@@ -165,7 +165,7 @@ def train_flops(cfg: DictConfig, device: torch.device) -> int:
     module, datamodule = build(cfg)
     x0 = get_batch(datamodule.dataset, torch.arange(datamodule.batch_size) % len(datamodule.dataset)).to(device)
     with FlopCounterMode(display=False) as counter:
-        diffusion_loss(module.model.to(device), x0, module.schedule).backward()
+        diffusion_loss(module.objective.to(device), x0, module.schedule).backward()
     return counter.get_total_flops()
 
 
@@ -224,13 +224,13 @@ def bench_workload(name: str, args, out_dir: str, peaks: dict, device: torch.dev
     fw, plain = median_run(runs["framework"]), median_run(runs["plain"])
     setup = module_setup(timer.module, device)
     r = dict(batch=cfg.data.batch_size, steps=steps, warmup=warmup, rounds=rounds,
-             flops_per_step=train_flops(cfg, device), params=sum(p.numel() for p in timer.module.model.parameters()),
+             flops_per_step=train_flops(cfg, device), params=sum(p.numel() for p in timer.module.objective.parameters()),
              framework=fw, plain=plain, fast=median_run(runs["fast"]),
              training={k: spread(v) for k, v in rate.items()},
              ratio=ratio_spread(rate["framework"], rate["plain"]),
              cpu_ratio=plain["cpu_ms"] / fw["cpu_ms"], overhead_ms=fw["step_ms"] - plain["step_ms"],
              fast_speedup=ratio_spread(rate["fast"], rate["framework"]),
-             sampling=dict(batch=n, steps=setup.sampler.steps, sampler=type(setup.sampler).__name__,
+             sampling=dict(batch=n, steps=setup.sampler.steps, sampler=repr(setup.sampler),
                            framework=spread(sampling["framework"]), fast=spread(sampling["fast"]),
                            fast_speedup=ratio_spread(sampling["fast"], sampling["framework"]),
                            **per_sampler_step(setup, 0)),
