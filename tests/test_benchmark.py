@@ -36,7 +36,7 @@ def test_smoke_benchmark_quick_writes_json_and_markdown(tmp_path):
     assert set(toy["options"]["fused_adamw"]) >= RUN_FIELDS | {"relative", "mfu"}
     table = (tmp_path / "benchmark.md").read_text()
     assert "| workload | batch |" in table and "\n| toy | 2048 | 10 x 2 |" in table and "| fused_adamw |" in table
-    assert "| toy, ddpm noise | GeneralizedSampler, 20 | 1024 | " in table  # the run's 20 steps
+    assert "| toy, ddpm noise | sample_generalized, 20 | 1024 | " in table  # the run's 20 steps
     noise = toy["noise"]["ddpm_noise"]
     assert noise["draw_ms"]["draws"] == 21 and noise["draw_ms"]["per_sample"] > 0  # the start, then one per step
     assert noise["cost_quartiles"][0] <= noise["cost"] <= noise["cost_quartiles"][1]

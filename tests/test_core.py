@@ -13,7 +13,8 @@ from diffusion_lab.core import (ClassifierFreeGuidance, ClassifierGuidance, EDMW
                                 NoiseStreams, PredEDM, PredEps, PredFlow, PredV, PredX0, Sampler, ScheduleCosine,
                                 ScheduleDDPM, ScheduleFlow, ScheduleKarras, ScheduleLDM, ScheduleLogLinear,
                                 ScheduleQuadratic, ScheduleSigmoid, UniformFlowTime, ddpm_step, sample_ddim,
-                                sample_ddpm, sample_dpmpp, sample_euler, sample_generalized, sample_heun, samples)
+                                sample_ddpm, sample_dpmpp, sample_euler, sample_euler_ancestral, sample_generalized,
+                                sample_heun, samples)
 from diffusion_lab.errors import ConfigError
 
 ALL_SCHEDULES = [ScheduleLogLinear(), ScheduleDDPM(), ScheduleLDM(), ScheduleSigmoid(), ScheduleCosine(),
@@ -214,6 +215,19 @@ def test_euler_sampler_takes_explicit_euler_steps_of_the_probability_flow_ode():
     assert model.calls == 2 == Sampler(sample_euler, steps=2).nfe
     for g, e in zip(got, expected, strict=True):
         assert torch.allclose(g, e, atol=1e-5)
+
+
+def test_euler_ancestral_steps_to_sigma_down_then_adds_noise_of_sigma_up_and_is_euler_at_eta_zero():
+    model, x = LinearEps(), torch.randn(4, 3, generator=torch.Generator().manual_seed(3))
+    s, s_next = 2.0, 0.5
+    up = (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5  # 0.484...: below s_next, so kept
+    down = (s_next**2 - up**2) ** 0.5
+    noise = NoiseStreams(range(4)).randn((4, 3))  # the first draw of the same streams
+    eps = x @ model.W.detach() / (1 + s)
+    got = final(sample_euler_ancestral(model, torch.tensor([s, s_next]), xt=x, generator=NoiseStreams(range(4))))
+    assert torch.allclose(got, x + (down - s) * eps + up * noise, atol=1e-6)
+    levels = ScheduleDDPM(100).sample_sigmas(5)
+    assert torch.equal(final(sample_euler_ancestral(model, levels, xt=x, eta=0.0)), final(sample_euler(model, levels, xt=x)))
 
 
 def test_heun_sampler_averages_the_slopes_at_both_ends_and_takes_euler_on_a_last_step_to_zero():

@@ -40,10 +40,6 @@ def find_config_dir() -> str:
 CONFIG_DIR = find_config_dir()
 
 
-def _if(condition, then, otherwise):
-    return then if condition else otherwise
-
-
 def _run_id(output_dir: str) -> str:
     """A stable id for a run directory: resuming in the same directory continues the same logger run."""
     return hashlib.sha1(str(Path(output_dir).resolve()).encode()).hexdigest()[:16]
@@ -74,19 +70,14 @@ def _sweep_name() -> str | None:
 
 
 def register_resolvers() -> None:
-    """`${if:${conditional},${data.num_classes},0}` picks by a boolean; `${floordiv:a,b}` is a // b;
-    `${run_id:dir}`, `${run_name:task,dir}` and `${sweep_name:}` identify a run (see each function);
+    """`${run_id:dir}`, `${run_name:task,dir}` and `${sweep_name:}` identify a run (see each function);
     `${fast_precision:${trainer.accelerator}}` is speed=fast's precision for the device."""
-    if not OmegaConf.has_resolver("if"):
-        OmegaConf.register_new_resolver("if", _if)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", _run_id)
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", _run_name)
     if not OmegaConf.has_resolver("sweep_name"):
         OmegaConf.register_new_resolver("sweep_name", _sweep_name)
-    if not OmegaConf.has_resolver("floordiv"):
-        OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b))
     if not OmegaConf.has_resolver("fast_precision"):
         OmegaConf.register_new_resolver("fast_precision", _fast_precision)
 

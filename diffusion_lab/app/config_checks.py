@@ -7,7 +7,6 @@ parameter, since Lightning builds them only mid-fit.
 import enum
 import functools
 import inspect
-import logging
 import os
 import re
 import types
@@ -15,10 +14,11 @@ import typing
 from typing import NamedTuple
 
 import torch
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from diffusion_lab.build import locate
 from diffusion_lab.errors import ConfigError, DiffusionLabError
 
 # Hydra's own keys in a `_target_` node; never constructor arguments.
@@ -90,14 +90,10 @@ def _signature_functions(obj) -> list:
 @functools.lru_cache(maxsize=None)
 def _parameters(target: str) -> dict[str, _Allowed]:
     """What each parameter of target with a checkable annotation accepts (one with no simple member is skipped)."""
-    log = logging.getLogger("hydra.utils")  # get_object logs a failure, which instantiate reports again in one line
-    log_was_disabled, log.disabled = log.disabled, True
     try:
-        functions = _signature_functions(get_object(target))
-    except Exception:  # noqa: BLE001 - a target that does not resolve is instantiate's error to report
+        functions = _signature_functions(locate(target))
+    except ConfigError:  # a target that does not resolve is the builder's error to report
         return {}
-    finally:
-        log.disabled = log_was_disabled
     allowed = {}
     for fn in reversed(functions):  # the subclass's own annotation wins
         try:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import csv
 import functools
-import importlib
 import inspect
 import logging
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from diffusion_lab.build import locate
 from diffusion_lab.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,8 @@ def _defaults(target: str) -> dict:
     def plain(v) -> bool:
         return v is None or type(v) in (bool, int, float, str) or (type(v) in (list, tuple) and all(map(plain, v)))
     try:
-        module, _, name = target.rpartition(".")
-        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters.values()
-    except Exception:  # noqa: BLE001 - a target gone from the code: its config is compared as saved
+        parameters = inspect.signature(locate(target)).parameters.values()
+    except ConfigError:  # a target gone from the code: its config is compared as saved
         return {}
     return {p.name: list(p.default) if type(p.default) is tuple else p.default
             for p in parameters if p.default is not p.empty and plain(p.default)}

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from diffusion_lab.core.guidance import Guidance
-from diffusion_lab.core.samplers import Generators, _in_eval_mode, _setup, randn
+from diffusion_lab.core.samplers import Generators, in_eval_mode, prepare, randn
 from diffusion_lab.errors import ConfigError
 
 
@@ -16,7 +16,7 @@ def _check_order(order: int) -> None:
 
 
 @torch.no_grad()
-@_in_eval_mode
+@in_eval_mode
 def sample_dpmpp(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
                  cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
                  order: int = 2, sde: bool = False) -> Iterator[torch.Tensor]:
@@ -31,7 +31,7 @@ def sample_dpmpp(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | N
     "sde-dpmsolver++", solver_type "midpoint", lower_order_final off) with the same levels.
     """
     _check_order(order)
-    sigmas, xt, guide = _setup(model, sigmas, xt, batch_size, cond, guidance, generator)
+    sigmas, xt, guide = prepare(model, sigmas, xt, batch_size, cond, guidance, generator)
     levels = sigmas.tolist()
     x0s, hs = [], []  # the last `order` evaluations, and the steps in lambda taken from their levels
     for sig, sig_next in zip(levels[:-1], levels[1:]):

@@ -42,7 +42,7 @@ def _check_eta(eta: float) -> None:
         raise ConfigError(f"eta={eta} must be >= 0")
 
 
-def _in_eval_mode(sampler: Callable[..., Iterator[torch.Tensor]]) -> Callable[..., Iterator[torch.Tensor]]:
+def in_eval_mode(sampler: Callable[..., Iterator[torch.Tensor]]) -> Callable[..., Iterator[torch.Tensor]]:
     """Runs a sampler with every module of the model in eval mode (no dropout, no label dropout), then gives each
     module back the mode it had, when the sampler finishes or is closed."""
     @functools.wraps(sampler)
@@ -57,7 +57,7 @@ def _in_eval_mode(sampler: Callable[..., Iterator[torch.Tensor]]) -> Callable[..
     return run
 
 
-def _setup(model, sigmas, xt, batch_size, cond, guidance, generator):
+def prepare(model, sigmas, xt, batch_size, cond, guidance, generator):
     """Validates the common arguments; returns (sigmas on x's device and dtype, initial x, guidance)."""
     sigmas = torch.as_tensor(sigmas)
     if sigmas.ndim != 1 or len(sigmas) < 2:
@@ -74,7 +74,7 @@ def _setup(model, sigmas, xt, batch_size, cond, guidance, generator):
 
 
 @torch.no_grad()
-@_in_eval_mode
+@in_eval_mode
 def sample_generalized(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
                        cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
                        gam: float = 1.0, mu: float = 0.0) -> Iterator[torch.Tensor]:
@@ -85,7 +85,7 @@ def sample_generalized(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tens
     sigma_prev^(1/(1-mu)) / sigma^(mu/(1-mu)), and noise of scale sqrt(sigma_prev^2 - sigma_p^2) is added.
     """
     _check_generalized(gam, mu)
-    sigmas, xt, guide = _setup(model, sigmas, xt, batch_size, cond, guidance, generator)
+    sigmas, xt, guide = prepare(model, sigmas, xt, batch_size, cond, guidance, generator)
     eps = None
     for sig, sig_prev in zip(sigmas[:-1], sigmas[1:]):
         eps_prev, eps = eps, guide(model, xt, sig, cond)
@@ -133,7 +133,7 @@ def ddpm_step(x: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor, alpha
 
 def _vp_steps(step, stochastic, model, sigmas, xt, batch_size, cond, guidance, generator):
     """Runs `step(x_vp, eps, ab, ab_prev, noise)` of the variance-preserving frame over the levels."""
-    sigmas, xt, guide = _setup(model, sigmas, xt, batch_size, cond, guidance, generator)
+    sigmas, xt, guide = prepare(model, sigmas, xt, batch_size, cond, guidance, generator)
     ab = 1 / (1 + sigmas**2)  # (steps+1,)
     for i in range(len(sigmas) - 1):
         eps = guide(model, xt, sigmas[i], cond)
@@ -144,7 +144,7 @@ def _vp_steps(step, stochastic, model, sigmas, xt, batch_size, cond, guidance, g
 
 
 @torch.no_grad()
-@_in_eval_mode
+@in_eval_mode
 def sample_ddim(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
                 cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
                 eta: float = 0.0) -> Iterator[torch.Tensor]:
@@ -155,7 +155,7 @@ def sample_ddim(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | No
 
 
 @torch.no_grad()
-@_in_eval_mode
+@in_eval_mode
 def sample_ddpm(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
                 cond: torch.Tensor | None = None, guidance: Guidance | None = None,
                 generator: Generators = None) -> Iterator[torch.Tensor]:
@@ -174,13 +174,13 @@ def _churn(xt, sig, steps, s_churn, s_tmin, s_tmax, s_noise, generator):
 
 
 @torch.no_grad()
-@_in_eval_mode
+@in_eval_mode
 def sample_euler(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
                  cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
                  s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
                  s_noise: float = 1.0) -> Iterator[torch.Tensor]:
     """Euler steps of the probability-flow ODE dx/dsigma = eps (Karras et al. 2022, alg. 2 without the Heun correction)."""
-    sigmas, xt, guide = _setup(model, sigmas, xt, batch_size, cond, guidance, generator)
+    sigmas, xt, guide = prepare(model, sigmas, xt, batch_size, cond, guidance, generator)
     levels = sigmas.tolist()  # Python floats: control flow without a device sync per step
     for sig, sig_next in zip(levels[:-1], levels[1:]):
         xt, sig_hat = _churn(xt, sig, len(levels) - 1, s_churn, s_tmin, s_tmax, s_noise, generator)
@@ -189,13 +189,33 @@ def sample_euler(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | N
 
 
 @torch.no_grad()
-@_in_eval_mode
+@in_eval_mode
+def sample_euler_ancestral(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None,
+                           batch_size: int = 1, cond: torch.Tensor | None = None, guidance: Guidance | None = None,
+                           generator: Generators = None, eta: float = 1.0) -> Iterator[torch.Tensor]:
+    """Euler ancestral (k-diffusion's sample_euler_ancestral): an Euler step down to sigma_down, then fresh noise of
+    scale sigma_up, with sigma_up^2 = eta^2 sigma'^2 (sigma^2 - sigma'^2) / sigma^2 (at most sigma'^2) and
+    sigma_down^2 = sigma'^2 - sigma_up^2, so the marginal at sigma' is kept; eta=0 is Euler."""
+    _check_eta(eta)
+    sigmas, xt, guide = prepare(model, sigmas, xt, batch_size, cond, guidance, generator)
+    levels = sigmas.tolist()
+    for sig, sig_next in zip(levels[:-1], levels[1:]):
+        sig_up = min(sig_next, eta * (sig_next**2 * (sig**2 - sig_next**2) / sig**2) ** 0.5)
+        sig_down = (sig_next**2 - sig_up**2) ** 0.5 if sig_up > 0 else sig_next
+        xt = xt + (sig_down - sig) * guide(model, xt, sig, cond)  # (B, ...)
+        if sig_up > 0:
+            xt = xt + sig_up * randn(xt.shape, generator, xt.device, xt.dtype)
+        yield xt
+
+
+@torch.no_grad()
+@in_eval_mode
 def sample_heun(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | None = None, batch_size: int = 1,
                 cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
                 s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
                 s_noise: float = 1.0) -> Iterator[torch.Tensor]:
     """Heun's method (Karras et al. 2022, alg. 1; with s_churn > 0, the stochastic alg. 2); Euler on a last step to 0."""
-    sigmas, xt, guide = _setup(model, sigmas, xt, batch_size, cond, guidance, generator)
+    sigmas, xt, guide = prepare(model, sigmas, xt, batch_size, cond, guidance, generator)
     levels = sigmas.tolist()
     for sig, sig_next in zip(levels[:-1], levels[1:]):
         xt, sig_hat = _churn(xt, sig, len(levels) - 1, s_churn, s_tmin, s_tmax, s_noise, generator)
@@ -243,6 +263,11 @@ class Sampler:
         return (self.schedule or schedule).sample_sigmas(self.steps)
 
     @property
+    def function(self) -> Callable[..., Iterator[torch.Tensor]]:
+        """The sampler function itself (`method` without its bound settings)."""
+        return getattr(self.method, "func", self.method)
+
+    @property
     def settings(self) -> dict:
         """The method's bound settings (gam, mu, eta, order, ...)."""
         return dict(getattr(self.method, "keywords", {}))
@@ -250,8 +275,7 @@ class Sampler:
     @property
     def nfe(self) -> int:
         """Model evaluations per sample (without guidance's doubling)."""
-        function = getattr(self.method, "func", self.method)
-        return self.steps * getattr(function, "evaluations_per_step", 1)
+        return self.steps * getattr(self.function, "evaluations_per_step", 1)
 
     def __call__(self, model: nn.Module, schedule: Schedule, *, xt: torch.Tensor | None = None, batch_size: int = 1,
                  cond: torch.Tensor | None = None, guidance: Guidance | None = None,
@@ -260,6 +284,5 @@ class Sampler:
                            generator=generator)
 
     def __repr__(self) -> str:
-        function = getattr(self.method, "func", self.method)
         settings = ", ".join(f"{k}={v}" for k, v in self.settings.items())
-        return f"Sampler({function.__name__}({settings}), steps={self.steps})"
+        return f"Sampler({self.function.__name__}({settings}), steps={self.steps})"

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from diffusion_lab.checkpoints import read_checkpoint
 from diffusion_lab.errors import CheckpointError, ConfigError
+from diffusion_lab.training.lightning_internals import last_saved_step, remove_checkpoint, save_last
 
 log = logging.getLogger(__name__)
 POSIX_ONLY = ("SIGUSR1", "SIGUSR2")  # absent on Windows: skipped there
@@ -107,7 +108,7 @@ class RunCheckpoint(ModelCheckpoint):
         if self.keep_newest > 1 and path and path not in self._kept:
             self._kept.append(path)
             while len(self._kept) > self.keep_newest:
-                self._remove_checkpoint(trainer, self._kept.pop(0))
+                remove_checkpoint(self, trainer, self._kept.pop(0))
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "kept": list(self._kept)}
@@ -118,8 +119,8 @@ class RunCheckpoint(ModelCheckpoint):
         super().load_state_dict(state_dict)
 
     def _save_newest(self, trainer: L.Trainer) -> None:
-        if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if last_saved_step(self) != trainer.global_step or not self.last_model_path:
+            save_last(self, trainer)
 
     def _save_and_stop(self, trainer: L.Trainer) -> None:
         self._save_newest(trainer)

@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from diffusion_lab.errors import ConfigError
+from diffusion_lab.training.lightning_internals import batches_done
 
 
 class ResumableBatchSampler:
@@ -126,8 +127,7 @@ class DiffusionDataModule(L.LightningDataModule):
         """Where the training data stream stands: the epoch and the batches of it already trained on."""
         if self.trainer is None:
             return {}
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
+        return {"epoch": self.trainer.current_epoch, "batches_done": batches_done(self.trainer)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict:

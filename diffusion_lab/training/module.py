@@ -11,6 +11,7 @@ from diffusion_lab.checkpoints import upgrade_checkpoint
 from diffusion_lab.core import Guidance, Objective, Sampler, Schedule, diffusion_loss
 from diffusion_lab.errors import ConfigError, NonFiniteError
 from diffusion_lab.sampling import DiffusionModel, Samples, autocast_dtype, gather, generate
+from diffusion_lab.training.lightning_internals import attached_trainer
 from diffusion_lab.utils import split_batch
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,8 @@ class DiffusionModule(L.LightningModule):
     def diffusion_model(self) -> DiffusionModel:
         """This run's model as the samplers take it, in the trainer's mixed precision (bf16-mixed training samples
         under bf16 autocast too; Lightning's autocast covers only the steps)."""
-        precision = self._trainer.precision if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        precision = trainer.precision if trainer is not None else None
         return DiffusionModel(self.objective, self.schedule, self.sampler, self.guidance,
                               autocast=autocast_dtype(precision), config=self.train_config)
 

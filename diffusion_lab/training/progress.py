@@ -4,6 +4,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch import callbacks
 
+from diffusion_lab.training.lightning_internals import bar_due
+
 
 class StepProgressBar(callbacks.TQDMProgressBar):
     """Lightning's tqdm bar, counting optimizer steps out of trainer.max_steps, redrawn every refresh_rate steps.
@@ -41,7 +43,7 @@ class StepProgressBar(callbacks.TQDMProgressBar):
         if not self._by_steps():
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         step, bar = trainer.global_step, self.train_progress_bar
-        if step != self._drawn and self._should_update(step, bar.total):
+        if step != self._drawn and bar_due(self, step, bar.total):
             self._drawn, bar.n = step, step
             bar.set_postfix(self.get_metrics(trainer, pl_module))  # redraws
 

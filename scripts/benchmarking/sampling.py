@@ -91,7 +91,7 @@ def noise_cost(setup: DiffusionModel, n: int, seed: int, device: torch.device, r
         per, one = spread(times["per_sample"]), spread(times["one"])
         ratios = ratio_spread(times["per_sample"], times["one"])  # paired within each round
         quartiles = statistics.quantiles(ratios["values"], n=4) if rounds >= 4 else None
-        out[name] = dict(sampler=repr(sampler), batch=n, steps=steps, rounds=rounds,
+        out[name] = dict(sampler=sampler.function.__name__, batch=n, steps=steps, rounds=rounds,
                          per_sample_samples_per_s=n / per["median"], one_generator_samples_per_s=n / one["median"],
                          cost=ratios["median"] - 1,
                          cost_quartiles=quartiles and [quartiles[0] - 1, quartiles[2] - 1],

@@ -230,7 +230,7 @@ def bench_workload(name: str, args, out_dir: str, peaks: dict, device: torch.dev
              ratio=ratio_spread(rate["framework"], rate["plain"]),
              cpu_ratio=plain["cpu_ms"] / fw["cpu_ms"], overhead_ms=fw["step_ms"] - plain["step_ms"],
              fast_speedup=ratio_spread(rate["fast"], rate["framework"]),
-             sampling=dict(batch=n, steps=setup.sampler.steps, sampler=repr(setup.sampler),
+             sampling=dict(batch=n, steps=setup.sampler.steps, sampler=setup.sampler.function.__name__,
                            framework=spread(sampling["framework"]), fast=spread(sampling["fast"]),
                            fast_speedup=ratio_spread(sampling["fast"], sampling["framework"]),
                            **per_sampler_step(setup, 0)),
