@@ -1,5 +1,6 @@
 """Runs never lose work: the final step, signals, set-and-forget resume, config changes on resume, one run per directory."""
 import csv
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -168,3 +169,14 @@ def test_ema_export_pairs_names_with_shadows_when_parameters_are_frozen(compose_
         assert exported[name].shape == shadow.shape and torch.equal(exported[name], shadow), name
     assert torch.equal(exported[frozen], before)  # the average of a constant is that constant
     assert not torch.equal(exported[trained], params[trained].detach())
+
+
+def test_a_resume_reads_the_checkpoint_file_once(compose_cfg, tmp_path, monkeypatch):
+    import diffusion_lab.checkpoints as checkpoints
+
+    train(compose_cfg([*BASE, "trainer.max_steps=5", "ckpt_path=auto"]))
+    reads, load = [], torch.load
+    monkeypatch.setattr(checkpoints.torch, "load", lambda *a, **k: reads.append(a[0]) or load(*a, **k))
+    train(compose_cfg([*BASE, "trainer.max_steps=10", "ckpt_path=auto"]))
+    assert [Path(p).name for p in reads] == ["last.ckpt"]  # read by train.py, handed to Lightning
+    assert global_step(tmp_path / "checkpoints" / "last.ckpt") == 10
