@@ -165,12 +165,29 @@ def _unet_attention_by_level(ckpt: dict) -> dict:
     return ckpt
 
 
-UPGRADES = (_objective_from_parameterization, _sampler_from_class, _module_names_its_settings,
-            _unet_attention_by_level)
+def _toy_mlp_features(ckpt: dict) -> dict:
+    """Before issue 28: the toy MLPs' sigma features were (sin, cos) of log(sigma)/4 (smalldiffusion's are of
+    log(sigma)/2), and ConditionalMLP's label embedding had no MLP after it."""
+    model = ckpt["config"].get("model") or {}
+    name = str(model.get("_target_", "")).rsplit(".", 1)[-1]
+    if name in ("TimeInputMLP", "ConditionalMLP") and "sigma_scale" not in model:
+        model["sigma_scale"] = 0.25
+        if name == "ConditionalMLP":
+            model["label_mlp"] = False
+    return ckpt
+
+
+# (the layout each upgrade leads to, the upgrade); a checkpoint records its layout under LAYOUT_KEY (none: 0).
+UPGRADES = ((1, _objective_from_parameterization), (1, _sampler_from_class), (1, _module_names_its_settings),
+            (1, _unet_attention_by_level), (2, _toy_mlp_features))
+LAYOUT_KEY, LAYOUT = "diffusion_lab_layout", max(version for version, _ in UPGRADES)
 
 
 def upgrade_checkpoint(ckpt: dict) -> dict:
-    """ckpt in today's layout (its config and keys rewritten in place where an earlier version wrote them)."""
-    for upgrade in UPGRADES:
-        ckpt = upgrade(ckpt)
+    """ckpt in today's layout: the upgrades past the layout it records, applied in place, and its layout set."""
+    layout = ckpt.get(LAYOUT_KEY, 0)
+    for version, upgrade in UPGRADES:
+        if version > layout:
+            ckpt = upgrade(ckpt)
+    ckpt[LAYOUT_KEY] = LAYOUT
     return ckpt

@@ -25,16 +25,3 @@ def module_device(module: nn.Module) -> torch.device:
     for tensor in module.buffers():
         return tensor.device
     return torch.device("cpu")
-
-
-def native_bf16(accelerator: str = "auto") -> bool:
-    """Whether the device Lightning's `accelerator` picks computes bfloat16 matrix products natively: a CUDA GPU with
-    bf16 (Ampere on), or a CPU with AVX512-BF16 or AMX. Elsewhere bf16 is emulated: on an AVX2-only CPU a bf16 matrix
-    product ran about 400 times slower than float32 (README "Performance")."""
-    cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
-    if cuda:
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    if accelerator not in ("cpu", "auto"):
-        return False  # mps, tpu, ...: not measured
-    cpu = torch.cpu
-    return any(getattr(cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))

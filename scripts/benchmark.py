@@ -20,7 +20,7 @@ import torch
 from benchmarking.measure import peak_matmul
 from benchmarking.report import machine, write
 from benchmarking.workloads import OPTIONS, WORKLOADS, bench_workload
-from diffusion_lab.utils import native_bf16
+from diffusion_lab.machine import native_bf16
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
 from diffusion_lab.app.config import CONFIG_DIR  # importing it registers the resolvers the configs use
-from diffusion_lab.checkpoints import read_checkpoint
+from diffusion_lab.checkpoints import LAYOUT, LAYOUT_KEY, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MNIST = ROOT.parent / "shared" / "data" / "mnist"  # the real MNIST test set, when this machine has it
@@ -156,7 +156,7 @@ def write_checkpoint(path: Path, overrides: list[str], config_patch: dict | None
     raw = {f"objective.{k}": v + 0.05 if v.is_floating_point() else v for k, v in ema.items()}  # raw weights != EMA
     config = OmegaConf.to_container(OmegaConf.merge(cfg, config_patch or {}), resolve=True)
     torch.save({"epoch": 0, "global_step": 2, "pytorch-lightning_version": "2", "state_dict": raw,
-                "ema_state_dict": ema, "config": config}, path)
+                "ema_state_dict": ema, "config": config, LAYOUT_KEY: LAYOUT}, path)
     return path
 
 
@@ -187,7 +187,7 @@ def write_latent_checkpoint(path: Path, stage: str) -> Path:
     state = {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
     torch.save({"epoch": 0, "global_step": 2, "pytorch-lightning_version": "2", "state_dict": state,
                 "ema_state_dict": nets["objective"].state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
-                "latent_parts": LATENT_STAGES[stage]}, path)
+                "latent_parts": LATENT_STAGES[stage], LAYOUT_KEY: LAYOUT}, path)
     return path
 
 

@@ -99,5 +99,5 @@ def test_a_checkpoint_written_before_resumes_to_the_state_the_old_code_reached(t
     start = tmp_path / "run" / "checkpoints" / "step0000010.ckpt"
     start.parent.mkdir(parents=True)
     shutil.copy(FIXTURES / "mlp_step0000010.ckpt", start)
-    run_train([*MLP, f"ckpt_path={start}"], tmp_path / "run")
+    run_train([*MLP, f"ckpt_path={start}", "+model.sigma_scale=0.25"], tmp_path / "run")  # the old MLP's features
     assert_same_training_state(tmp_path / "run" / "checkpoints" / "last.ckpt", FIXTURES / "mlp_last.ckpt")

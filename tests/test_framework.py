@@ -149,7 +149,7 @@ def test_resume_refuses_another_module_and_takes_configs_that_state_the_defaults
     saved = resolved(compose_cfg([o for o in latent if not o.startswith("module")]))
     with pytest.raises(ConfigError, match=r"module._target_ is '[\w.]+\.DiffusionModule' in the checkpoint"):
         check_resume_config(saved, resolved(compose_cfg(latent)), "last.ckpt")
-    current = resolved(compose_cfg(["data=swissroll3d"]))
+    current = resolved(compose_cfg(["data=swissroll3d", "+model.sigma_scale=0.25"]))  # the MLP of those days
     # as saved before module was a group and before configs left defaults to the constructors, read as today's
 
     def older(n_samples: int) -> dict:

@@ -187,3 +187,83 @@ def test_ideal_denoiser_small_sigma_returns_nearest_point():
     nearest = data[:40].flatten(1)[torch.cdist(x.flatten(1), data[:40].flatten(1)).argmin(1)].view_as(x)
     torch.testing.assert_close(x - 1e-3 * eps, nearest, rtol=0, atol=1e-5)
     assert len(list(model.parameters())) == 0 and model.data.shape == (40, 1, 4, 4)
+
+
+def test_toy_mlp_sigma_features_are_sin_and_cos_of_half_log_sigma():
+    sigma = torch.tensor([0.005, 0.3, 1.0, 10.0])
+    seen = {}
+    net = TimeInputMLP()
+    net.net[0].register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    net(torch.zeros(4, 2), sigma)
+    half_log = torch.log(sigma) / 2  # smalldiffusion's get_sigma_embeds: scaling_factor 0.5
+    assert torch.allclose(seen["x"][:, 2:], torch.stack([half_log.sin(), half_log.cos()], 1), atol=1e-7)
+
+
+class SmalldiffusionMLP(torch.nn.Module):
+    """An independent implementation of smalldiffusion's toy MLPs (model.py): Linear+GELU layers over
+    [x, sin(log(sigma)/2), cos(log(sigma)/2), label embedding], the embedding (after the MLP is built) through SiLU
+    and a linear layer, labels dropped to the null label with probability 0.1 in training."""
+
+    def __init__(self, hidden=(16, 128, 128, 128, 128, 16), num_classes=0, cond_dim=4):
+        super().__init__()
+        widths = [2 + 2 + (cond_dim if num_classes else 0), *hidden]
+        layers = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [torch.nn.Linear(a, b), torch.nn.GELU()]
+        self.net = torch.nn.Sequential(*layers, torch.nn.Linear(hidden[-1], 2))
+        if num_classes:
+            self.embed = torch.nn.Embedding(num_classes + 1, cond_dim)
+            self.embed_mlp = torch.nn.Sequential(torch.nn.SiLU(), torch.nn.Linear(cond_dim, cond_dim))
+        self.num_classes = num_classes
+
+    def forward(self, x, sigma, labels=None):
+        s = torch.log(sigma).reshape(-1, 1) * 0.5
+        parts = [x, torch.sin(s), torch.cos(s)]
+        if self.num_classes:
+            if self.training:
+                labels = torch.where(torch.rand(labels.shape[0]) < 0.1, self.num_classes, labels)
+            parts.append(self.embed_mlp(self.embed(labels)))
+        return self.net(torch.cat(parts, 1))
+
+
+def smalldiffusion_training(model, loader, sigmas, epochs):
+    """smalldiffusion's training_loop: AdamW(1e-3); for each batch of a DataLoader (whose iterator draws a seed from
+    the global generator each epoch), sigma from the schedule's levels by randint, then eps by randn_like, loss
+    MSE(eps, model(x0 + sigma eps, sigma)); returns the losses."""
+    opt, losses = torch.optim.AdamW(model.parameters(), lr=1e-3), []
+    for _ in range(epochs):
+        for batch in loader:
+            x0, labels = batch if isinstance(batch, list) else (batch, None)
+            model.train()
+            opt.zero_grad()
+            sigma = sigmas[torch.randint(len(sigmas), (x0.shape[0],))]
+            eps = torch.randn_like(x0)
+            loss = torch.nn.functional.mse_loss(model(x0 + sigma[:, None] * eps, sigma, labels), eps)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("conditional", [False, True], ids=["TimeInputMLP", "ConditionalMLP"])
+def test_toy_mlps_train_exactly_as_smalldiffusions_seed_for_seed(conditional):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from diffusion_lab.core import PredEps, ScheduleLogLinear, training_loop
+    from diffusion_lab.data import Swissroll
+
+    x0 = Swissroll(N=100).data  # smalldiffusion's toy: its 100 points, one batch
+    labels = torch.arange(100) % 3
+    schedule = ScheduleLogLinear(N=200, sigma_min=0.005, sigma_max=10.0)
+    loader = DataLoader(TensorDataset(x0, labels) if conditional else x0, batch_size=2048)
+    torch.manual_seed(0)
+    reference = SmalldiffusionMLP(num_classes=3 if conditional else 0)
+    want = smalldiffusion_training(reference, loader, schedule.sigmas, 30)
+    torch.manual_seed(0)
+    net = ConditionalMLP(num_classes=3) if conditional else TimeInputMLP()
+    got = [s.loss.item() for s in training_loop(loader, PredEps(net), schedule, epochs=30, conditional=conditional)]
+    assert got == want
+    ours = [p for p in net.parameters()]
+    theirs = [*reference.net.parameters(), *(reference.embed.parameters() if conditional else []),
+              *(reference.embed_mlp.parameters() if conditional else [])]
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))

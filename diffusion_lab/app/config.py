@@ -84,7 +84,7 @@ def register_resolvers() -> None:
 
 def _fast_precision(accelerator: str) -> str:
     """speed=fast's trainer.precision: bf16-mixed where the accelerator has native bf16, else 32-true."""
-    from diffusion_lab.utils import native_bf16
+    from diffusion_lab.machine import native_bf16
 
     return "bf16-mixed" if native_bf16(str(accelerator)) else "32-true"
 

@@ -5,6 +5,7 @@ run directory (a latent-diffusion checkpoint is scored on its decoded images; cl
 classifier); a sweep (`grid.steps=[5,10,20] grid.cfg_scale=[0,2]`) also writes metrics_vs_nfe.png
 and, when it varies cfg_scale, metrics_vs_cfg_scale.png.
 """
+import json
 from pathlib import Path
 
 import hydra
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from diffusion_lab.app.config import CONFIG_DIR, report_user_errors
 from diffusion_lab.app.sampling import build_dataset, overrides, resolve_device, with_overrides
 from diffusion_lab.build import load_model
+from diffusion_lab.machine import provenance
 from diffusion_lab.core import ClassifierGuidance
 from diffusion_lab.evaluation import Evaluator, grid_points, plot_grid, reference_evaluator, write_csv
 from diffusion_lab.sampling import DiffusionModel, check_labels, generate
@@ -63,6 +65,9 @@ def main(cfg: DictConfig) -> float:
         rows[-1].update(floor)  # the CSV keeps each metric's floor beside it
     out_dir = Path(cfg.paths.output_dir)
     print(f"wrote {write_csv(rows, out_dir / 'metrics.csv')}")
+    record = {"checkpoint": str(cfg.ckpt), "num_samples": len(evaluator.reference), "metrics": evaluator.metrics,
+              "rows": rows, **provenance(device)}
+    (out_dir / "evaluation.json").write_text(json.dumps(record, indent=1, default=float) + "\n")
     if len(rows) > 1:
         print(f"wrote {plot_grid(rows, evaluator.metrics, out_dir / 'metrics_vs_nfe.png')}")
         if grid["cfg_scale"]:

@@ -83,7 +83,7 @@ def available_memory(accelerator: str) -> tuple[str, int | None]:
 
 def emulated_bf16_warning(cfg: DictConfig) -> str | None:
     """A warning for bf16 precision on a device that only emulates bf16 (an AVX2 CPU: steps about 20x slower)."""
-    from diffusion_lab.utils import native_bf16
+    from diffusion_lab.machine import native_bf16
 
     precision = str(cfg.trainer.get("precision"))
     if not precision.startswith("bf16") or native_bf16(str(cfg.trainer.get("accelerator", "auto"))):

@@ -80,7 +80,12 @@ def check_dit_args(in_dim: int, channels: int, patch_size: int, depth: int, widt
 class DiT(DenoiserNet):
     """Diffusion Transformer (Peebles & Xie 2023): patchify, adaLN-Zero blocks, unpatchify.
 
-    Width = head_dim * num_heads.
+    Width = head_dim * num_heads. The paper's design, not a copy of smalldiffusion's DiT, which the fashion_mnist_dit
+    recipe otherwise follows: here sigma enters as 256 sinusoidal features of log(sigma)/4 through a 2-layer MLP
+    (smalldiffusion: sin and cos of log(sigma)/2 through an MLP), labels as a plain embedding added to it
+    (smalldiffusion: embedding, SiLU, linear), one zero-initialised linear map gives each block's six adaLN
+    shifts, scales and gates (smalldiffusion: one per norm plus one for the gates), and layers keep PyTorch's default
+    initialisation (smalldiffusion: Xavier). The recipes' numbers are this network's.
 
     cond_mode="adaln": the label embedding is added to the sigma embedding that drives adaLN.
     cond_mode="cross_attn": every block cross-attends to a condition sequence, either one token per

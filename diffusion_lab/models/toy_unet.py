@@ -36,7 +36,10 @@ def check_hidden_dims(hidden_dims: Sequence[int]) -> None:
 class ToyUNet(DenoiserNet):
     """MLP U-Net: widths go down then up `hidden_dims`, each up block also sees the matching down activation.
 
-    The sigma and label embeddings (both `time_dim` wide) are summed and added inside every block.
+    The sigma and label embeddings (both `time_dim` wide) are summed and added inside every block. It plays the part
+    of the JAX toy project's SimpleUNet in its recipes but is not a copy of it: that network works on integer
+    timesteps, and its residual blocks scale and shift the activations by separate time and class embeddings
+    (FiLM); this one takes log-sigma features, as every diffusion_lab network does, and adds one embedding.
     """
 
     def __init__(

@@ -88,7 +88,14 @@ def check_unet_args(in_dim: int, ch: int, ch_mult: Sequence[int], num_res_blocks
 
 class Unet(DenoiserNet):
     """DDPM U-Net (Ho et al. 2020): ch * ch_mult[k] channels at size in_dim / 2**k, self-attention at the levels k in
-    attn_levels (the paper's 16x16 of 32x32 images is level 1)."""
+    attn_levels (the paper's 16x16 of 32x32 images is level 1).
+
+    The layout of smalldiffusion's Unet (itself DDIM's), with these differences: sigma enters as sinusoidal features
+    of log(sigma)/4 through an MLP (smalldiffusion: sin and cos of log(sigma)/2); group norms use up to 32 groups of
+    at least 2 channels (smalldiffusion: always 32 groups, which needs ch >= 32); each residual block's second
+    convolution and each attention output start at zero; down-sampling pads symmetrically. The recipes' numbers are
+    this network's.
+    """
 
     def __init__(
         self,

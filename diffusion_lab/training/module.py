@@ -7,7 +7,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from diffusion_lab.checkpoints import upgrade_checkpoint
+from diffusion_lab.checkpoints import LAYOUT, LAYOUT_KEY, upgrade_checkpoint
 from diffusion_lab.core import Guidance, Objective, Sampler, Schedule, diffusion_loss
 from diffusion_lab.errors import ConfigError, NonFiniteError
 from diffusion_lab.sampling import DiffusionModel, Samples, autocast_dtype, gather, generate
@@ -174,6 +174,7 @@ class DiffusionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["config"] = self.train_config
+        checkpoint[LAYOUT_KEY] = LAYOUT
         checkpoint["skipped_steps"] = dict(self.skipped)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -1,8 +1,6 @@
-"""What a run cost: its training wall time (kept across resumes), peak memory and machine, written to a JSON file."""
+"""What a run cost, written when it ends: training and validation wall time (kept across resumes), peak memory, and
+where it ran (diffusion_lab.machine.provenance)."""
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -10,70 +8,64 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-
-def peak_host_memory() -> int | None:
-    """The process's peak resident memory in bytes (getrusage; None where the resource module is missing)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
-
-
-def cpu_name() -> str:
-    """The CPU model (from /proc/cpuinfo on Linux), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def describe_machine(device: torch.device, world_size: int) -> str:
-    """One line naming what ran the training: `2 CPU cores (AMD EPYC ...), 2 threads` or `1x NVIDIA H100 ...`."""
-    if device.type == "cuda":
-        return f"{world_size}x {torch.cuda.get_device_name(device)}"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    procs = f", {world_size} processes" if world_size > 1 else ""
-    return f"{cores} CPU cores ({cpu_name()}), {torch.get_num_threads()} threads{procs}"
+from diffusion_lab.machine import peak_host_memory, provenance
 
 
 class RunSummary(Callback):
-    """Writes `path` (JSON) when training ends: optimizer steps, training wall seconds (validation included, summed
-    over resumed runs: the count is part of the checkpoint), peak memory (host RSS of rank 0's process; CUDA
-    allocator peak on GPUs) and the machine. scripts/results_table.py reads it."""
+    """Times training apart from validation and writes `path` (JSON) when training ends.
+
+    At each validation, `val/train_seconds` logs the training wall time so far (validation excluded), so a metric can
+    be plotted against the time that bought it. The summary holds the optimizer steps, train_seconds and
+    validation_seconds (each summed over resumed runs: the counts are part of the checkpoint), peak memory (host RSS
+    of rank 0's process; the CUDA allocator's peak on GPUs) and the provenance: date, commit, command, machine.
+    """
 
     def __init__(self, path: str):
         self.path = Path(path)
-        self.seconds_before = 0.0  # training seconds of the runs this one resumes
-        self._start: float | None = None
+        self.seconds = {"train": 0.0, "validation": 0.0}  # finished intervals, resumed runs included
+        self._phase: tuple[str, float] | None = None  # (what is being timed, since when)
 
-    def seconds(self) -> float:
-        return self.seconds_before + (time.monotonic() - self._start if self._start is not None else 0.0)
+    def _switch(self, phase: str | None) -> None:
+        now = time.monotonic()
+        if self._phase is not None:
+            self.seconds[self._phase[0]] += now - self._phase[1]
+        self._phase = None if phase is None else (phase, now)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.monotonic()
+        self._switch("train")
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._phase is not None:  # a validation inside fit (not trainer.validate)
+            self._switch("validation")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._phase is not None and not trainer.sanity_checking:
+            pl_module.log("val/train_seconds", self.seconds["train"])
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._phase is not None:
+            self._switch("train")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._switch(None)
         if not trainer.is_global_zero:
             return
         device = trainer.strategy.root_device
         summary = {
             "steps": trainer.global_step,
-            "train_seconds": round(self.seconds(), 1),
+            "train_seconds": round(self.seconds["train"], 1),
+            "validation_seconds": round(self.seconds["validation"], 1),
             "peak_host_memory_bytes": peak_host_memory(),
             "peak_cuda_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-            "machine": describe_machine(device, trainer.world_size),
-            "torch": torch.__version__,
+            **provenance(device, trainer.world_size),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(summary, indent=2) + "\n")
 
     def state_dict(self) -> dict:
-        return {"train_seconds": self.seconds()}
+        self._switch(self._phase and self._phase[0])  # count the open interval
+        return {"train_seconds": self.seconds["train"], "validation_seconds": self.seconds["validation"]}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.seconds_before = float(state_dict.get("train_seconds", 0.0))
+        self.seconds = {"train": float(state_dict.get("train_seconds", 0.0)),
+                        "validation": float(state_dict.get("validation_seconds", 0.0))}
