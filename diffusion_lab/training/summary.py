@@ -24,6 +24,7 @@ class RunSummary(Callback):
         self.path = Path(path)
         self.seconds = {"train": 0.0, "validation": 0.0}  # finished intervals, resumed runs included
         self._phase: tuple[str, float] | None = None  # (what is being timed, since when)
+        self._provenance: dict = {}
 
     def _switch(self, phase: str | None) -> None:
         now = time.monotonic()
@@ -32,6 +33,7 @@ class RunSummary(Callback):
         self._phase = None if phase is None else (phase, now)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._provenance = provenance(trainer.strategy.root_device, trainer.world_size)  # the code that runs
         self._switch("train")
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -57,7 +59,7 @@ class RunSummary(Callback):
             "validation_seconds": round(self.seconds["validation"], 1),
             "peak_host_memory_bytes": peak_host_memory(),
             "peak_cuda_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-            **provenance(device, trainer.world_size),
+            **self._provenance,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(summary, indent=2) + "\n")
