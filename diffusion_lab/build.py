@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from diffusion_lab.checkpoints import PARTS_KEY, has_ema, load_weights, read_checkpoint, weights
-from diffusion_lab.core import ClassifierFreeGuidance, Guidance
+from diffusion_lab.checkpoints import PARTS_KEY, has_ema, load_weights, read_checkpoint, strip_prefixes, weights
+from diffusion_lab.core import AutoGuidance, ClassifierFreeGuidance, Guidance
 from diffusion_lab.errors import CheckpointError, ConfigError, DiffusionLabError, first_line
 from diffusion_lab.sampling import DiffusionModel, autocast_dtype
 
@@ -59,10 +59,34 @@ def instantiate(node: Any, key: str = "", **kwargs) -> Any:
 
 
 def check_guidance(guidance: Guidance, objective: torch.nn.Module, key: str = "guidance") -> None:
-    """Classifier-free guidance needs a label-conditional network; the error names `key`."""
-    if isinstance(guidance, ClassifierFreeGuidance) and not getattr(objective, "num_classes", 0):
+    """Classifier-free guidance needs a label-conditional network; an autoguidance guide takes the model's inputs and,
+    when conditional, its labels. The error names `key`."""
+    classes = getattr(objective, "num_classes", 0)
+    if isinstance(guidance, ClassifierFreeGuidance) and not classes:
         raise ConfigError(f"{key}: classifier-free guidance needs a conditional model, and this one has "
                           "num_classes=0 (train one with model.num_classes=${data.num_classes})")
+    if isinstance(guidance, AutoGuidance):
+        guide = guidance.guide
+        if list(guide.input_dims) != list(objective.input_dims):
+            raise ConfigError(f"{key}.guide: the guide takes inputs of shape {list(guide.input_dims)}, the model "
+                              f"{list(objective.input_dims)}; guide with a model of the same data")
+        if guide.num_classes not in (0, classes):
+            raise ConfigError(f"{key}.guide: the guide is conditional on {guide.num_classes} classes, the model on "
+                              f"{classes}; guide with an unconditional model or one of the same classes")
+
+
+@functools.cache
+def _guide(path: Path, mtime: float, ema: bool) -> torch.nn.Module:
+    return load_model(path, ema=ema, precision="32-true").objective
+
+
+def autoguidance(guide: str, scale: float = 2.0, ema: bool = True) -> AutoGuidance:
+    """AutoGuidance by the objective of the checkpoint, exported folder or Hub id `guide` (its EMA weights unless
+    ema=false), read once per process however many samplers or grid points use it."""
+    path = locate_model(guide).resolve()
+    if not path.exists():
+        raise ConfigError(f"guide={guide}: no such checkpoint or exported model")
+    return AutoGuidance(_guide(path, path.stat().st_mtime, ema), scale)
 
 
 def build_model(config: dict) -> DiffusionModel:
@@ -88,34 +112,59 @@ def trained_parts(ckpt: dict, path: Path) -> list[str]:
     return parts
 
 
-def load_model(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
-               precision: str | None = "auto") -> DiffusionModel:
-    """The DiffusionModel of a train.py checkpoint with its weights, in eval mode on device.
-
-    ema: the objective's EMA weights (a run trained without EMA gives its raw weights, with a warning on the log).
-    precision: `auto` samples in the run's training precision (bf16 autocast after bf16-mixed training), or a
-    Lightning precision (32-true, bf16-mixed, 16-mixed). A latent run brings its VAE, and its classifier when a
-    stage trained it.
-    """
-    path = Path(path)
-    ckpt = read_checkpoint(path)
-    parts = trained_parts(ckpt, path)
+def locate_model(source: str | Path) -> Path:
+    """A local checkpoint or exported folder, or a Hugging Face Hub id ("user/repo") fetched through the hub's cache
+    (huggingface_hub; offline with HF_HUB_OFFLINE=1 once cached)."""
+    path = Path(source)
+    if path.exists() or path.suffix == ".ckpt" or str(source).count("/") != 1 or str(source).startswith((".", "/")):
+        return path
     try:
-        model = build_model(ckpt["config"])
-    except DiffusionLabError as err:  # a config from another version of the code
-        raise CheckpointError(f"ckpt={path}: cannot rebuild its model from the saved config ({first_line(err)})") \
-            from None
-    if ema and not has_ema(ckpt):
-        log.warning(f"ckpt={path}: no EMA weights (trained without callbacks.ema); sampling with the raw training "
-                    "weights")
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ConfigError(f"{source}: no such file, and as a Hugging Face Hub id it needs huggingface_hub: "
+                          'pip install "diffusion_lab[hub]"') from None
+    try:
+        return Path(snapshot_download(repo_id=str(source)))
+    except Exception as err:  # noqa: BLE001 - the hub's errors for a missing repo, no network, no cache
+        raise CheckpointError(f"{source}: no such file, and the Hugging Face Hub has no model of that id here "
+                              f"({type(err).__name__}: {first_line(err)})") from None
+
+
+def load_model(source: str | Path, ema: bool = True, device: str | torch.device = "cpu",
+               precision: str | None = "auto") -> DiffusionModel:
+    """The DiffusionModel of a train.py checkpoint, an exported folder (diffusion_lab.export) or a Hub id, with its
+    weights, in eval mode on device.
+
+    ema: the objective's EMA weights of a checkpoint (a run trained without EMA gives its raw weights, with a
+    warning on the log; an exported folder holds the weights it was exported with). precision: `auto` samples in
+    the run's training precision (bf16 autocast after bf16-mixed training), or a Lightning precision (32-true,
+    bf16-mixed, 16-mixed). A latent run brings its VAE, and its classifier when a stage trained it.
+    """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision={precision!r} must be one of {list(PRECISIONS)}")
-    load_weights(model.objective, weights(ckpt, "objective", ema=ema), path)
+    path = locate_model(source)
+    if path.is_dir():
+        from diffusion_lab.export import read_exported
+
+        config, state = read_exported(path)
+        parts, part_weights = config["parts"], lambda part: strip_prefixes(state, part + ".")
+    else:
+        ckpt = read_checkpoint(path)
+        config, parts = ckpt["config"], trained_parts(ckpt, path)
+        if ema and not has_ema(ckpt):
+            log.warning(f"ckpt={path}: no EMA weights (trained without callbacks.ema); sampling with the raw "
+                        "training weights")
+        part_weights = lambda part: weights(ckpt, part, ema=ema)  # noqa: E731
+    try:
+        model = build_model(config)
+    except DiffusionLabError as err:  # a config from another version of the code
+        raise CheckpointError(f"{path}: cannot rebuild its model from the saved config ({first_line(err)})") from None
+    load_weights(model.objective, part_weights("objective"), path)
     for part in LATENT_PARTS:
         if getattr(model, part) is not None and part in parts:
-            load_weights(getattr(model, part), weights(ckpt, part), path)
+            load_weights(getattr(model, part), part_weights(part), path)
     if "classifier" not in parts:  # an untrained classifier must not guide
         model.classifier = None
     if precision == "auto":
-        precision = (ckpt["config"].get("trainer") or {}).get("precision")
+        precision = (config.get("trainer") or {}).get("precision")
     return model.replace(autocast=autocast_dtype(precision)).to(device)

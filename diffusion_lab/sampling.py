@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffusion_lab.core import ClassifierFreeGuidance, ClassifierGuidance, Guidance, Sampler, Schedule
+from diffusion_lab.core import ClassifierGuidance, Guidance, Sampler, Schedule
 from diffusion_lab.core.noise import NoiseStreams
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.utils import module_device
@@ -46,8 +46,8 @@ class DiffusionModel:
         return dataclasses.replace(self, **changes)
 
     def to(self, device: str | torch.device) -> "DiffusionModel":
-        """Moves the networks to device, in eval mode; returns self."""
-        for net in (self.objective, self.vae, self.classifier):
+        """Moves the networks (an autoguidance guide too) to device, in eval mode; returns self."""
+        for net in (self.objective, self.vae, self.classifier, getattr(self.guidance, "guide", None)):
             if net is not None:
                 net.to(device).eval()
         return self
@@ -65,12 +65,9 @@ class DiffusionModel:
 
     @property
     def nfe(self) -> int:
-        """Denoiser evaluations per sample; classifier-free guidance evaluates the conditional and null inputs.
-
-        A guiding classifier's forward and backward passes are not counted.
-        """
-        guidance = self.guidance.base if isinstance(self.guidance, ClassifierGuidance) else self.guidance
-        return self.sampler.nfe * (2 if isinstance(guidance, ClassifierFreeGuidance) else 1)
+        """Denoiser evaluations per sample: classifier-free guidance evaluates the conditional and null inputs,
+        autoguidance the model and its guide; a guiding classifier's forward and backward are not counted."""
+        return self.sampler.nfe * self.guidance.evaluations
 
     @property
     def num_classes(self) -> int:

@@ -33,6 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "interleaved; medians and spreads over them (default: per workload)")
     p.add_argument("--sample-batch", type=int, help="samples drawn at once when timing sampling")
     p.add_argument("--noise-batch", type=int, default=1024, help="batch of the noise-stream cost")
+    p.add_argument("--noise-rounds", type=int, help="rounds of the noise-stream cost (default: per workload)")
     p.add_argument("--out", default="outputs/benchmark", help="directory for benchmark.json and benchmark.md")
     p.add_argument("--profile", action="store_true", help="cProfile the framework's timed window: profile_<workload>.txt")
     p.add_argument("--quick", action="store_true", help="a smoke run in seconds: toy, 10 steps, one option")

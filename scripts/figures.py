@@ -1,7 +1,8 @@
 """Every figure in README.md and docs/ comes from an artifact committed in docs/artifacts/, through this script.
 
     python scripts/figures.py collect run RUN_DIR [--name NAME]       # a train.py run -> docs/artifacts/runs/NAME.json
-    python scripts/figures.py collect evaluation DIR --name NAME --group G --label TEXT   # an evaluate.py run
+    python scripts/figures.py collect evaluation DIR --name NAME --group G --label TEXT   # evaluate.py or
+                                                                      # reconstruct_ema.py run
     python scripts/figures.py collect benchmark DIR --name NAME       # a scripts/benchmark.py run
     python scripts/figures.py render [--check]                        # every figure block and plot, regenerated
 
@@ -91,14 +92,21 @@ def collect_run(run_dir: Path, name: str | None) -> Path:
 
 
 def collect_evaluation(eval_dir: Path, name: str, group: str, label: str) -> Path:
-    record = read_json(eval_dir / "evaluation.json")
+    posthoc = eval_dir / "reconstruction.json"  # scripts/reconstruct_ema.py's, else scripts/evaluate.py's
+    record = read_json(posthoc if posthoc.is_file() else eval_dir / "evaluation.json")
+    if "metrics" not in record:
+        record["metrics"] = [record["metric"]] + [k for k in record["rows"][0] if f"{k}_floor" in record["rows"][0]
+                                                  and k != record["metric"]]
     return write_json(ROOT / "docs" / "artifacts" / "evaluations" / f"{name}.json",
                       {"name": name, "group": group, "label": label, **record})
 
 
 def collect_benchmark(bench_dir: Path, name: str) -> Path:
-    return write_json(ROOT / "docs" / "artifacts" / "benchmarks" / f"{name}.json",
-                      {"name": name, **read_json(bench_dir / "benchmark.json")})
+    """scripts/benchmark.py's benchmark.json, or scripts/benchmarking/concurrent_jobs.py's concurrent.json."""
+    source = next((bench_dir / f for f in ("benchmark.json", "concurrent.json", "profile.json")
+                   if (bench_dir / f).is_file()),
+                  bench_dir / "benchmark.json")
+    return write_json(ROOT / "docs" / "artifacts" / "benchmarks" / f"{name}.json", {"name": name, **read_json(source)})
 
 
 # render: artifacts -> figure blocks and plots
@@ -111,6 +119,16 @@ def artifacts(kind: str) -> list[dict]:
 def machine(r: dict) -> str:
     bf16 = "native bf16" if r.get("native_bf16") else "no native bf16"
     return f"{r['cpu']} ({r['cores']} cores, {r['threads']} threads, {bf16})"
+
+
+def commit(r: dict) -> str:
+    """The short commit the result was measured at, `+changes` when the tree had uncommitted changes."""
+    return f"{str(r.get('commit'))[:7]}{'+changes' if r.get('dirty') else ''}"
+
+
+def command(r: dict) -> str:
+    """The command as a user types it: without the hydra.run.dir the measurement added."""
+    return re.sub(r" hydra\.run\.dir=\S+", "", r["command"])
 
 
 def main_metric(r: dict) -> str | None:
@@ -146,7 +164,7 @@ def render_results(_: str | None, docs: Path) -> str:
         steps, train, val = cost(r)
         quality, accuracy = final_quality(r)
         grid = r.get("grid") and f'<img src="{relative(ROOT / "docs/artifacts/runs" / r["grid"], docs)}" width="120">'
-        recipe = r["recipe"] + (f" ({r['stage']})" if r.get("stage") else "")
+        recipe = r["name"] + (f" ({r['stage']})" if r.get("stage") else "")
         memory = max(r.get("peak_host_memory_bytes") or 0, r.get("peak_cuda_memory_bytes") or 0) / 2**30
         lines.append(f"| {recipe} | {r['data']} | {' + '.join(map(str, steps))} | {train / 60:.1f} min "
                      f"({val / 60:.1f} min) | {machine(r)} | {memory:.1f} GiB | {quality} | {accuracy} | {grid or ''} |")
@@ -160,8 +178,8 @@ def render_run(name: str, docs: Path) -> str:
     metric = main_metric(r)
     score = f"; val/{metric} {r['curve'][-1][metric]:.4g} (floor {r['floor'][metric]:.4g}, " \
             f"{int(r['curve'][-1]['eval_samples'])} samples)" if metric else ""
-    return (f"`{r['command']}`: {' + '.join(map(str, steps))} steps in {train / 60:.1f} min of training "
-            f"(+{val / 60:.1f} min evaluating) on {machine(r)}{score}; commit {str(r['commit'])[:7]}, {r['date']}.\n\n"
+    return (f"`{command(r)}`: {' + '.join(map(str, steps))} steps in {train / 60:.1f} min of training "
+            f"(+{val / 60:.1f} min evaluating) on {machine(r)}{score}; commit {commit(r)}, {r['date']}.\n\n"
             f"![{name}]({relative(ROOT / 'docs/artifacts/runs' / r['grid'], docs)})")
 
 
@@ -175,7 +193,7 @@ def plot_curves(runs: list[dict], path: Path, metric: str) -> None:
     for i, r in enumerate(runs):
         t0 = cost(r["before"])[1] if "before" in r else 0.0
         points = [((t0 + p["train_seconds"]) / 60, p[metric]) for p in r["curve"] if metric in p]
-        ax.plot(*zip(*points), "o-", color=f"C{i}", label=r["recipe"])
+        ax.plot(*zip(*points), "o-", color=f"C{i}", label=r["name"])
         ax.axhline(r["floor"][metric], color=f"C{i}", ls=":", lw=1)
     ax.set(xlabel="training minutes (evaluation excluded)", ylabel=f"{metric} (dotted: floor)", yscale="log")
     ax.legend(fontsize=7)
@@ -199,7 +217,7 @@ def render_curves(shape: str, docs: Path) -> str:
         t0, floor = (cost(r["before"])[1] if "before" in r else 0.0), r["floor"][metric]
         reach = [next((f"{(t0 + p['train_seconds']) / 60:.1f}" for p in r["curve"] if p.get(metric, 1e9) <= k * floor),
                       "not reached") for k in (3, 2)]
-        lines.append(f"| {r['recipe']} | {r['curve'][-1][metric]:.4g} ({floor:.4g}) | {reach[0]} | {reach[1]} | "
+        lines.append(f"| {r['name']} | {r['curve'][-1][metric]:.4g} ({floor:.4g}) | {reach[0]} | {reach[1]} | "
                      f"{machine(r)} |")
     return "\n".join(lines)
 
@@ -219,6 +237,36 @@ def render_nfe(group: str, docs: Path) -> str:
     return "\n".join(lines)
 
 
+SETTING_COLUMNS = ("ema", "fit_error", "guidance", "guidance_scale", "steps", "nfe")
+
+
+def render_table(group: str, docs: Path) -> str:
+    """Every row of the group's evaluation artifacts: its settings, each metric with its floor, and the sample count;
+    the machine and command under the table."""
+    evals = [e for e in artifacts("evaluations") if e["group"] == group]
+    if not evals:
+        fail(f"figure table {group}: no evaluation artifact of that group in docs/artifacts/evaluations")
+    metrics = [m for m in evals[0]["metrics"] if all(m in row for e in evals for row in e["rows"])]
+    settings = [c for c in SETTING_COLUMNS if any(row.get(c) is not None for e in evals for row in e["rows"])]
+    lines = ["| run | " + " | ".join(settings) + " | " + " | ".join(f"{m} (floor)" for m in metrics) + " | samples |",
+             "|---" * (len(settings) + len(metrics) + 2) + "|"]
+    for e in evals:
+        for row in e["rows"]:
+            cells = [_cell(c, row.get(c)) for c in settings]
+            cells += [f"{row[m]:.4g} ({row[m + '_floor']:.3g})" for m in metrics]
+            lines.append(f"| {e['label']} | " + " | ".join(cells) + f" | {e.get('num_samples') or row.get('num_samples')} |")
+    where = sorted({f"{machine(e)}, commit {commit(e)}" for e in evals})
+    return "\n".join(lines + ["", "Measured on " + "; ".join(where) + ". A difference below the floor is noise."])
+
+
+def _cell(column: str, value) -> str:
+    if value is None:
+        return ""
+    if column == "fit_error":
+        return f"{100 * value:.1f}%"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def render_benchmark(name: str, docs: Path) -> str:
     from benchmarking.report import sampling_table, training_table
 
@@ -226,8 +274,51 @@ def render_benchmark(name: str, docs: Path) -> str:
     return "\n".join([*training_table(b["machine"], b["workloads"]), "", *sampling_table(b["workloads"])])
 
 
+def render_concurrent(name: str, docs: Path) -> str:
+    """Two jobs side by side with torch's default threads and with a share of the cores each."""
+    b = read_json(ROOT / "docs" / "artifacts" / "benchmarks" / f"{name}.json")
+    lines = ["| two jobs at once, threads per job | training seconds of each | both done after (s) |", "|---|---|---|"]
+    lines += [f"| {r['threads']} | {' and '.join(f'{s:.1f}' for s in r['train_seconds'])} | {r['wall_seconds']:.0f} |"
+              for r in b["rows"]]
+    return "\n".join(lines + ["", f"`train.py {' '.join(b['overrides'])}` twice at once on {machine(b)}; commit "
+                                   f"{commit(b)}, {b['date']}."])
+
+
+def render_profile(name: str, docs: Path) -> str:
+    """Each precision's step time and the shares of its self CPU time by operator family."""
+    b = read_json(ROOT / "docs" / "artifacts" / "benchmarks" / f"{name}.json")
+    precisions = list(b["profile"])
+    families = list(dict.fromkeys(f for r in b["profile"].values() for f in r["families"]))
+    lines = ["| share of the step's CPU time | " + " | ".join(precisions) + " |", "|---" * (len(precisions) + 1) + "|",
+             "| ms per step (profiled) | " + " | ".join(f"{b['profile'][p]['step_ms_profiled']:.0f}" for p in precisions)
+             + " |"]
+    lines += [f"| {f} | " + " | ".join(f"{100 * b['profile'][p]['families'].get(f, 0):.0f}%" for p in precisions) + " |"
+              for f in families]
+    return "\n".join(lines + ["", f"Workload `{b['workload']}` on {machine(b)}; commit {commit(b)}, "
+                                   f"{b['date']}; `{b['command']}`."])
+
+
+def render_gallery(_: str | None, docs: Path) -> str:
+    """The last sample grid of every run artifact of image data, in one row."""
+    runs = [r for r in artifacts("runs") if r.get("grid") and "x" in r["data"]]
+    return "\n".join(["| " + " | ".join(r["name"] for r in runs) + " |", "|---" * len(runs) + "|",
+                      "| " + " | ".join(f'<img src="{relative(ROOT / "docs/artifacts/runs" / r["grid"], docs)}" '
+                                        'width="140">' for r in runs) + " |"])
+
+
+def render_recipes(_: str | None, docs: Path) -> str:
+    """Every experiment file's first comment line (what it is) and its `# Sized for:` line."""
+    lines = ["| experiment | what | sized for |", "|---|---|---|"]
+    for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml")):
+        comments = [line[2:] for line in path.read_text().splitlines()[1:] if line.startswith("# ")]
+        sized = next((c.split(":", 1)[1].strip() for c in comments if c.startswith("Sized for:")), "")
+        lines.append(f"| `{path.stem}` | {comments[0] if comments else ''} | {sized} |")
+    return "\n".join(lines)
+
+
 RENDERERS = {"results": render_results, "run": render_run, "curves": render_curves, "nfe": render_nfe,
-             "benchmark": render_benchmark}
+             "benchmark": render_benchmark, "gallery": render_gallery, "recipes": render_recipes, "table": render_table,
+             "concurrent": render_concurrent, "profile": render_profile}
 
 
 def render(check: bool) -> int:

@@ -13,13 +13,24 @@ def _offline(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="module")
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Runs a module's tests on one CPU thread: on a busy 2-core machine two spinning threads are many times slower."""
-    threads = torch.get_num_threads()
+    """Runs the in-process tests on one CPU thread: their models are tiny, and beside a script a test starts (or any
+    other load) two spinning threads on 2 cores made a 300-step toy loop take 70 s instead of 0.7 s."""
     torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(DEFAULT_THREADS)
+
+
+@pytest.fixture
+def default_threads():
+    """torch's own thread count for one test: a convolution's rounding depends on how its work is split."""
+    torch.set_num_threads(DEFAULT_THREADS)
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -94,8 +94,8 @@ def global_step(ckpt_path) -> int:
 
 
 def assert_same_training_state(a_path, b_path) -> None:
-    """Two checkpoints hold the same step, weights, EMA weights and optimizer state, bit for bit (each read in
-    today's layout)."""
+    """Two checkpoints hold the same step, weights, EMA weights, post-hoc EMA profiles and optimizer state, bit for
+    bit (each read in today's layout)."""
     a, b = (read_checkpoint(p) for p in (a_path, b_path))
     assert a["global_step"] == b["global_step"]
     for key in ["state_dict", "ema_state_dict"]:
@@ -103,6 +103,13 @@ def assert_same_training_state(a_path, b_path) -> None:
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
     assert all(torch.equal(sa[i][n], sb[i][n]) for i in sa for n in sa[i])
+    ema_a, ema_b = ([v for k, v in c.get("callbacks", {}).items() if k.startswith("EMA")] for c in (a, b))
+    for x, y in zip(ema_a, ema_b, strict=True):
+        assert x.get("num_updates") == y.get("num_updates") and ("power" in x) == ("power" in y)
+        if "power" in x:
+            assert x["power"]["step"] == y["power"]["step"] == a["global_step"]
+            assert all(torch.equal(u, v) for pa, pb in zip(x["power"]["averages"], y["power"]["averages"])
+                       for u, v in zip(pa, pb, strict=True))
 
 
 def logged_metrics(run_dir: Path) -> dict[str, list[float]]:

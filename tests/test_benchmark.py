@@ -29,7 +29,7 @@ def test_smoke_benchmark_quick_writes_json_and_markdown(tmp_path):
     assert set(toy["framework"]) >= RUN_FIELDS and set(toy["plain"]) >= RUN_FIELDS | {"ema"}
     assert set(toy["sampling"]) >= SAMPLING_FIELDS and toy["sampling"]["steps"] == 20
     assert toy["rounds"] == 2 and all(set(toy["training"][k]) >= SPREAD_FIELDS for k in ("framework", "plain", "fast"))
-    assert toy["training"]["framework"]["n"] == 2 and toy["ratio"]["min"] <= toy["ratio"]["median"] <= toy["ratio"]["max"]
+    assert toy["training"]["framework"]["n"] == 2 and toy["ratio"]["n"] == 2
     assert set(toy["noise"]) == {"run_sampler", "ddpm_noise"} and toy["noise"]["ddpm_noise"]["batch"] == 1024
     assert toy["flops_per_step"] > 0 and toy["framework"]["samples_per_s"] > 0 and toy["plain"]["ema"]
     assert toy["sampling"]["forwards_per_step"] == 1  # one denoiser call per step of the generalized sampler
@@ -39,7 +39,7 @@ def test_smoke_benchmark_quick_writes_json_and_markdown(tmp_path):
     assert "| toy, ddpm noise | sample_generalized, 20 | 1024 | " in table  # the run's 20 steps
     noise = toy["noise"]["ddpm_noise"]
     assert noise["draw_ms"]["draws"] == 21 and noise["draw_ms"]["per_sample"] > 0  # the start, then one per step
-    assert noise["cost_quartiles"][0] <= noise["cost"] <= noise["cost_quartiles"][1]
+    assert report["machine"]["commit"] and "native_bf16" in report["machine"]  # where and with what code it ran
 
 
 @pytest.fixture

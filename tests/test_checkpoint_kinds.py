@@ -34,7 +34,6 @@ NO_EMA = ["experiment=toy_swissroll", "trainer.max_steps=2", "trainer.val_check_
           "callbacks.model_checkpoint.every_n_train_steps=2", *QUIET]
 IMAGE = (3, 32, 32)  # the data's images; the denoiser's latents are (2, 8, 8)
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

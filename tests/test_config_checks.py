@@ -46,6 +46,8 @@ BAD = {
     "seed=abc": ("seed", "='abc' must be an int"),
     "nonfinite=1": ("nonfinite", "=1 must be a string"),
     "num_samples=many": ("num_samples", "='many' must be an int"),
+    "threads=0": ("threads", "=0 must be null or an int >= 1"),
+    "matmul_precision=low": ("matmul_precision", "='low' must be null, 'highest', 'high' or 'medium'"),
 }
 
 
@@ -80,7 +82,7 @@ def test_allowed_values_pass(overrides, tmp_path):
 EXTRA = {
     ("model", "cond_mlp"): [CONDITIONAL, "data=tree"],
     ("data", "digits"): ["model=dit"], ("data", "mnist"): ["model=dit"], ("data", "fashion_mnist"): ["model=dit"],
-    ("data", "cifar10"): ["model=unet"], ("data", "image_folder"): ["model=dit"],
+    ("data", "cifar10"): ["model=unet"], ("data", "image_folder"): ["model=dit"], ("data", "hf"): ["model=dit"],
     ("model", "dit"): ["data=digits"], ("model", "unet"): ["data=digits"],
     ("guidance", "cfg"): [CONDITIONAL, "data=gaussian", "model=toy_unet"],
     ("module", "latent"): ["data=digits", "data.input_dims=[1,16,16]", "model=unet", "model.in_dim=4",

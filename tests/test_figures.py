@@ -105,7 +105,8 @@ def test_training_memory_state_is_five_copies_and_activations_scale_with_batch()
     params = sum(p.numel() for p in net.parameters())
     small, large = training_memory(net, 2), training_memory(net, 64)
     assert small.num_params == params and small.state == 5 * 4 * params  # weights, grads, 2 Adam moments, EMA
-    assert training_memory(net, 2, ema=False).state == 4 * 4 * params
+    assert training_memory(net, 2, averages=0).state == 4 * 4 * params
+    assert training_memory(net, 2, averages=3).state == 7 * 4 * params  # with two post-hoc EMA profiles
     assert large.activations == pytest.approx(32 * small.activations, rel=1e-6)
     # each block keeps at least its input, attention output and MLP hidden layer: (B, 64 tokens, 32 + 32 + 128)
     assert large.activations > 2 * 64 * 64 * (32 + 32 + 128) * 4
@@ -114,7 +115,7 @@ def test_training_memory_state_is_five_copies_and_activations_scale_with_batch()
 def test_memory_check_refuses_a_run_larger_than_the_free_memory(tmp_path, monkeypatch):
     cfg = compose_train([*FAST, *TINY_DIT, "data.batch_size=64"], tmp_path)
     net = DiT(in_dim=8, channels=1, patch_size=2, depth=1, head_dim=8, num_heads=2)
-    need = training_memory(net, 64, ema=True).total
+    need = training_memory(net, 64, averages=3).total  # the EMA and the default two post-hoc profiles
     monkeypatch.setattr("diffusion_lab.app.train.available_memory", lambda accelerator: ("this machine", need - 1))
     with pytest.raises(ConfigError, match=r"needs at least .* GiB .*data.batch_size=64\) but this machine has .* "
                                           r"GiB free; .*memory_check=false"):

@@ -14,16 +14,17 @@ from diffusion_lab.app.runs import check_resume_config
 from diffusion_lab.errors import ConfigError, DataError
 from diffusion_lab.app.train import build, train
 from diffusion_lab.checkpoints import upgrade_checkpoint
-from tests.helpers import CONDITIONAL, FAST, assert_same_training_state, config_options, global_step, run_script
+from tests.helpers import (CONDITIONAL, FAST, assert_same_training_state, config_options, global_step, logged_metrics,
+                           run_script)
 
 
 # Options that need files or hardware this machine lacks are composed but built elsewhere (see below).
-NEEDS_FILES = {"mnist", "fashion_mnist", "cifar10", "image_folder"}
+NEEDS_FILES = {"mnist", "fashion_mnist", "cifar10", "image_folder", "hf"}
 EXTRA = {
     ("model", "cond_mlp"): [CONDITIONAL, "data=tree"],
     ("data", "digits"): ["model=dit", "model.depth=1"], ("data", "mnist"): ["model=dit"],
     ("data", "fashion_mnist"): ["model=dit"], ("data", "cifar10"): ["model=unet"], ("data", "image_folder"): ["model=dit"],
-    ("model", "dit"): ["data=digits"], ("model", "unet"): ["data=digits"],
+    ("data", "hf"): ["model=dit"], ("model", "dit"): ["data=digits"], ("model", "unet"): ["data=digits"],
     ("guidance", "cfg"): [CONDITIONAL, "data=gaussian", "model=toy_unet"],
     ("lr_scheduler", "cosine"): [], ("trainer", "gpu"): [],
     # 16x16 digits -> the VAE's 2x4x4 latents, which the denoiser and the classifier take
@@ -38,19 +39,22 @@ GROUPS = ["data", "model", "objective", "objective/loss_weight", "schedule", "sa
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in config_options(g)])
-def test_every_group_option_composes_and_instantiates(compose_cfg, group, option):
+def test_every_group_option_composes_and_instantiates(compose_cfg, tiny_ckpts, group, option):
     add = "+" if group == "objective/loss_weight" else ""  # a group the default objective does not pick
     cfg = compose_cfg([f"{add}{group}={option}", *EXTRA.get((group, option), [])])
+    if (group, option) == ("guidance", "autoguidance"):  # its guide: a checkpoint of the same (2-D) data
+        cfg.guidance.guide = str(tiny_ckpts["toy"])
     assert OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     OmegaConf.resolve(copy.deepcopy(cfg))  # and in place, as `train.py --cfg job --resolve` does: none to a dict
     if group == "data" and option in NEEDS_FILES:
-        patch = {"root": "/nonexistent"} if option == "image_folder" else {"download": False}
+        patch = {"image_folder": {"root": "/nonexistent"}, "hf": {"path": "/nonexistent", "from_disk": True}}.get(
+            option, {"download": False})
         with pytest.raises(Exception) as err:  # no files here: a clear one-line DataError, not a crash
             instantiate(OmegaConf.merge(cfg.data, {"dataset": patch}))
         assert isinstance(err.value.__cause__, DataError) and user_error(err.value).startswith("data.dataset: ")
         return
     if group == "trainer" and cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
-        return  # composes (checked above); a GPU trainer cannot be built on a CPU machine
+        pytest.skip("composes (checked above); a GPU trainer cannot be built without CUDA")
     if group == "trainer":
         assert instantiate(cfg.trainer, logger=False).max_steps == cfg.trainer.max_steps
         return
@@ -203,8 +207,10 @@ def test_optuna_sweep_runs_trials_and_minimizes_the_metric(tmp_path):
     run_script("train.py", ["hparams_search=optuna", "hydra.sweeper.n_trials=2",
                             "hydra.sweeper.sampler.n_startup_trials=2", *FAST, "trainer.max_steps=10",
                             f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path, one_thread=False, check=True)
-    assert (tmp_path / "sweep" / "optimization_results.yaml").is_file()
-    assert len([p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit()]) == 2
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit())
+    finals = [logged_metrics(job)["val/swd"][-1] for job in jobs]  # what each trial returned: its last val/swd
+    best = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml").best_value
+    assert len(jobs) == 2 and best == pytest.approx(min(finals)) and finals[0] != finals[1]
 
 
 def test_package_entry_point_runs(tmp_path):

@@ -83,7 +83,8 @@ def test_base_install_holds_only_what_train_needs():
 
 def test_console_scripts_point_at_entry_functions():
     scripts = PYPROJECT["project"]["scripts"]
-    assert set(scripts) == {"diffusion-lab-train", "diffusion-lab-sample", "diffusion-lab-evaluate"}
+    assert set(scripts) == {"diffusion-lab-train", "diffusion-lab-sample", "diffusion-lab-evaluate",
+                            "diffusion-lab-export", "diffusion-lab-reconstruct-ema"}
     for target in scripts.values():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function))

@@ -29,7 +29,6 @@ def digits(n: int, offset: int = 0) -> torch.Tensor:
     return F.interpolate(images, size=32, mode="bilinear", align_corners=False)  # (n, 1, 32, 32)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @torch.no_grad()

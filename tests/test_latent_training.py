@@ -23,7 +23,6 @@ TINY = ["experiment=mnist_latent", "trainer.max_steps=2", "trainer.val_check_int
         "callbacks.evaluate.classifier_steps=5"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

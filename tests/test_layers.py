@@ -13,8 +13,10 @@ from tests.helpers import ROOT
 PACKAGE = ROOT / "diffusion_lab"
 UPPER = {"training": {"lightning", "torch_ema"}, "app": None}  # layer folder -> what it may add (None: anything)
 LIBRARY_DEPS = {"torch", "numpy", "einops", "torchvision", "PIL"}  # PIL: torchvision's image type, in the base install
-# imported inside the function that needs them: plotting, scikit-learn's digits, FID's Inception, pretrained pipelines
-OPTIONAL = {"matplotlib", "sklearn", "torchmetrics", "tqdm", "diffusers", "transformers"}
+# imported inside the function that needs them: plotting, scikit-learn's digits, FID's Inception, pretrained pipelines,
+# Hugging Face datasets and hub, safetensors (export)
+OPTIONAL = {"matplotlib", "sklearn", "torchmetrics", "tqdm", "diffusers", "transformers", "datasets", "safetensors",
+            "huggingface_hub"}
 
 
 def layer_of(path: Path) -> str:

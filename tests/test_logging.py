@@ -19,11 +19,10 @@ from diffusion_lab.app.train import build, hyperparameters, train
 from diffusion_lab.training import LearningRateMonitor, StepProgressBar
 from tests.helpers import FAST, compose_train, logged_metrics, run_script
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 # Linear warmup over 10 steps, then a cosine down to 0 at step 20 (diffusion_lab.training.WarmupCosine).
 COSINE = ["lr_scheduler=cosine", "lr_scheduler.warmup_steps=10", "lr_scheduler.total_steps=20"]
-SWEEP = "outputs/multirun/2026-11-23_17-30-00"
+SWEEP = "outputs/digits_dit/multirun/2026-11-23_17-30-00"
 
 
 class BarProbe(L.Callback):
@@ -128,7 +127,7 @@ def test_every_logger_gets_the_config_and_train_lr_is_constant_without_a_schedul
     assert hparams["num_params/model/total"].number_value > 0
     assert hparams["model/hidden_dims"].string_value.startswith("[")
     run = next((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
-    assert f"train {tmp_path.parent.name}/{tmp_path.name}".encode() in run  # the run's name
+    assert f"train {tmp_path.name}".encode() in run  # the run's name: the task and the run directory's name
     assert b'"lr":0.002' in run and b"num_params" in run and b"run_dir" in run  # its config panel
 
 
@@ -139,7 +138,7 @@ def hydra_job(mode: RunMode, overrides: list[str]):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.mode, cfg.hydra.job.num, cfg.hydra.sweep.dir = mode, 3, SWEEP
-        cfg.paths.output_dir = f"{SWEEP}/3" if mode == RunMode.MULTIRUN else "outputs/2026-11-23/17-30-00"
+        cfg.paths.output_dir = f"{SWEEP}/3" if mode == RunMode.MULTIRUN else "outputs/digits_dit/2026-11-23_17-30-00"
     previous = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(cfg)
     try:
@@ -156,9 +155,9 @@ def test_wandb_names_a_multirun_job_by_number_and_overrides_and_groups_it_by_swe
 
 def test_wandb_names_a_single_run_by_its_directory_with_no_group(tmp_path):
     with hydra_job(RunMode.RUN, ["experiment=digits_dit", "logger=wandb"]) as cfg:
-        assert cfg.logger.wandb.name == "digits_dit 2026-11-23/17-30-00" and cfg.logger.wandb.group is None
-    cfg = compose_train(["logger=wandb"], tmp_path / "2026-11-23" / "17-30-00")  # compose API: no Hydra runtime
-    assert cfg.logger.wandb.name == "train 2026-11-23/17-30-00" and cfg.logger.wandb.group is None
+        assert cfg.logger.wandb.name == "digits_dit 2026-11-23_17-30-00" and cfg.logger.wandb.group is None
+    cfg = compose_train(["logger=wandb"], tmp_path / "train" / "2026-11-23_17-30-00")  # compose API: no Hydra runtime
+    assert cfg.logger.wandb.name == "train 2026-11-23_17-30-00" and cfg.logger.wandb.group is None
     assert cfg.logger.wandb.id == compose_train(["logger=wandb", "seed=1"], cfg.paths.output_dir).logger.wandb.id
 
 

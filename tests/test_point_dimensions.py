@@ -9,7 +9,6 @@ from diffusion_lab.evaluation.plotting import save_samples, save_trajectory
 from diffusion_lab.app.train import train
 from tests.helpers import FAST
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def assert_png(path) -> tuple[int, int]:

@@ -16,7 +16,6 @@ from diffusion_lab.errors import ConfigError  # noqa: E402
 from diffusion_lab.pretrained import DiffusersDenoiser, text_to_image  # noqa: E402
 from tests.helpers import MAX_TOKENS, tiny_pipeline  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module", params=["epsilon", "v_prediction"])

@@ -1,5 +1,6 @@
 """Runs never lose work: the final step, signals, set-and-forget resume, config changes on resume, one run per directory."""
 import csv
+import math
 from pathlib import Path
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import torch
 from filelock import FileLock
 
 from diffusion_lab.errors import ConfigError, NonFiniteError
-from diffusion_lab.app.runs import LOCK_FILE, RunDirectory
+from diffusion_lab.app.runs import LOCK_FILE, RunDirectory, logged
 from diffusion_lab.app.train import train
 from tests.helpers import BASE, assert_same_training_state, global_step, run_train
 
@@ -30,7 +31,7 @@ def test_checkpoints_keep_the_newest_few_and_ema_weights_once(compose_cfg, tmp_p
     assert names == ["last.ckpt", "step0000010.ckpt", "step0000015.ckpt", "step0000020.ckpt"]
     ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)
     ema_state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("EMA"))
-    assert set(ema_state) == {"num_updates"} and ema_state["num_updates"] == 22
+    assert set(ema_state) == {"num_updates", "power"} and ema_state["num_updates"] == 22 == ema_state["power"]["step"]
     assert set(ckpt["ema_state_dict"]) == {k.removeprefix("objective.") for k in ckpt["state_dict"]}
 
 
@@ -69,13 +70,16 @@ def test_slurm_signal_saves_then_hands_over_to_the_requeue_handler(tmp_path, com
     assert_same_training_state(tmp_path / "straight/checkpoints/last.ckpt", job / "checkpoints/last.ckpt")
 
 
-def test_ckpt_path_auto_starts_then_resumes_and_last_needs_a_checkpoint(compose_cfg, tmp_path):
-    with pytest.raises(Exception, match="ckpt_path=auto starts a new run"):
-        train(compose_cfg([*BASE, "trainer.max_steps=5", "ckpt_path=last"]))
-    train(compose_cfg([*BASE, "trainer.max_steps=5", "ckpt_path=auto"]))
+def test_ckpt_path_last_starts_with_a_warning_then_resumes_as_lightnings_and_auto_alike(compose_cfg, tmp_path, caplog):
+    train(compose_cfg([*BASE, "trainer.max_steps=5", "ckpt_path=last"]))  # nothing to resume: a new run, and a warning
     assert global_step(tmp_path / "checkpoints/last.ckpt") == 5
-    train(compose_cfg([*BASE, "trainer.max_steps=8", "ckpt_path=auto"]))
+    assert any("ckpt_path=last: no checkpoint at" in r.getMessage() for r in caplog.records)
+    train(compose_cfg([*BASE, "trainer.max_steps=8", "ckpt_path=last"]))
     assert global_step(tmp_path / "checkpoints/last.ckpt") == 8
+    train(compose_cfg([*BASE, "trainer.max_steps=10", "ckpt_path=auto"]))
+    assert global_step(tmp_path / "checkpoints/last.ckpt") == 10
+    with pytest.raises(Exception, match="ckpt_path: no checkpoint at /nonexistent.ckpt"):
+        train(compose_cfg([*BASE, "trainer.max_steps=12", "ckpt_path=/nonexistent.ckpt"]))
 
 
 def test_resume_applies_a_new_learning_rate_and_schedule_length(compose_cfg, tmp_path):
@@ -85,9 +89,12 @@ def test_resume_applies_a_new_learning_rate_and_schedule_length(compose_cfg, tmp
     ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)
     group, sched = ckpt["optimizer_states"][0]["param_groups"][0], ckpt["lr_schedulers"][0]
     assert group["initial_lr"] == 0.01 and sched["base_lrs"] == [0.01] and sched["total_steps"] == 20
-    # warmup over, cosine at step 20 of 20: the new base lr times min_ratio 0 (the old total of 10 would be past its end)
-    assert group["lr"] == pytest.approx(0.0, abs=1e-12) and sched["last_epoch"] == 20
+    assert group["lr"] == pytest.approx(0.0, abs=1e-12) and sched["last_epoch"] == 20  # the cosine's end
     assert ckpt["config"]["optimizer"]["lr"] == 0.01
+    # at step 14 the new schedule (lr 0.01, 2 warmup steps, total 20) is part-way down its cosine; the old one (total
+    # 10) would have ended at 0
+    lr = dict(logged(tmp_path)["train/lr"])[14]
+    assert lr == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * (14 - 2) / (20 - 2))), rel=1e-6)
 
 
 def test_resume_with_a_constant_lr_trains_at_the_new_lr(compose_cfg, tmp_path):

@@ -8,7 +8,7 @@ import functools
 from diffusion_lab.app.sampling import guidance_config, with_overrides
 from diffusion_lab.build import load_model
 from diffusion_lab.checkpoints import read_checkpoint
-from diffusion_lab.core import ClassifierFreeGuidance, Guidance, PredEps, Sampler, ScheduleLogLinear, sample_generalized
+from diffusion_lab.core import PredEps, Sampler, ScheduleLogLinear, sample_generalized
 from diffusion_lab.errors import CheckpointError, ConfigError
 from diffusion_lab.evaluation import Evaluator, data_tensors
 from diffusion_lab.sampling import DiffusionModel, generate, trajectory
@@ -217,7 +217,8 @@ def test_grid_evaluation_writes_its_csv_and_plot(cli):
     assert rc == 0, stderr
     lines = (run_dir / "metrics.csv").read_text().splitlines()
     metrics = ["swd", "coverage", "precision", "recall", "mean_distance"]
-    assert lines[0].split(",") == ["steps", "gam", "cfg_scale", "nfe", *metrics, *(f"{m}_floor" for m in metrics)]
+    header = ["steps", "gam", "guidance", "guidance_scale", "nfe", *metrics, *(f"{m}_floor" for m in metrics)]
+    assert lines[0].split(",") == header
     assert len(lines) == 1 + 4
     floors = {line.split(",")[-5] for line in lines[1:]}
     assert len(floors) == 1 and float(floors.pop()) > 0  # one floor, the same on every row

@@ -13,12 +13,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from diffusion_lab.errors import DiffusionLabError, first_line
+from diffusion_lab.errors import ConfigError, DiffusionLabError, first_line
 
 # Optional packages and the extra that installs each: a user who picks an option needing one is told which.
 EXTRAS = {"wandb": "wandb", "tensorboard": "tensorboard", "tensorboardX": "tensorboard", "sklearn": "digits",
           "optuna": "sweep", "submitit": "slurm", "torch_fidelity": "fid", "diffusers": "pretrained",
-          "transformers": "pretrained"}
+          "transformers": "pretrained", "datasets": "hf", "huggingface_hub": "hub"}
 # Hydra plugins picked by an override: (module, extra).
 PLUGINS = {("hparams_search", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
            ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
@@ -55,12 +55,12 @@ def _multirun_job():
 
 
 def _run_name(task_name: str, output_dir: str) -> str:
-    """A readable run name: `<task_name> <date>/<time>` (the run directory's last two parts) for a single run,
+    """A readable run name: `<task_name> <date>_<time>` (the run directory's name) for a single run,
     `<task_name> #<job number> <this job's overrides>` for a job of a multirun."""
     job = _multirun_job()
     if job is not None:
         return f"{task_name} #{job.job.num} {job.job.override_dirname}".rstrip()
-    return f"{task_name} {'/'.join(Path(output_dir).parts[-2:])}"
+    return f"{task_name} {Path(output_dir).name}"
 
 
 def _sweep_name() -> str | None:
@@ -90,6 +90,14 @@ def _fast_precision(accelerator: str) -> str:
 
 
 register_resolvers()
+
+
+def checkpoint_path(cfg: DictConfig) -> str:
+    """The checkpoint a sample/evaluate/export command names: ckpt_path (as train.py calls it) or its alias ckpt."""
+    path = cfg.get("ckpt_path") or cfg.get("ckpt")
+    if not path:
+        raise ConfigError("ckpt_path: which checkpoint? e.g. ckpt_path=outputs/<run>/checkpoints/last.ckpt")
+    return str(path)
 
 
 def user_error(exc: BaseException) -> str | None:

@@ -179,12 +179,26 @@ def _build_partial(node: DictConfig, key: str, arg):
         raise ConfigError(f"{key}: {name} rejects its settings ({message})") from err
 
 
+# Top-level keys train.py itself reads: what each may be.
+RUN_KEYS = {"threads": (lambda v: v is None or (type(v) is int and v >= 1), "null or an int >= 1"),
+            "compile": (lambda v: type(v) is bool, "true or false"),
+            "memory_check": (lambda v: type(v) is bool, "true or false"),
+            "matmul_precision": (lambda v: v in (None, "highest", "high", "medium"), "null, 'highest', 'high' or 'medium'")}
+
+
+def _check_run_keys(cfg: DictConfig) -> None:
+    for key, (ok, allowed) in RUN_KEYS.items():
+        if key in cfg and not ok(cfg[key]):
+            raise ConfigError(f"{key}={_show(cfg[key])} must be {allowed}")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Refuses, in a ConfigError naming the key, a train config value of the wrong type or outside its range."""
     module = cfg.get("module")  # top-level keys train.py passes on to the LightningModule: seed, nonfinite, ...
     _check_types(cfg, "", module._target_ if module else "diffusion_lab.training.module.DiffusionModule")
     for key, node in _targets(cfg):
         _check_types(node, key, node._target_)
+    _check_run_keys(cfg)
     if cfg.get("trainer"):
         _check_trainer(cfg.trainer)
     if cfg.get("optimizer"):  # built by Lightning only in configure_optimizers, mid-fit: try it now

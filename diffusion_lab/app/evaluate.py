@@ -2,8 +2,9 @@
 
 Composes configs/evaluate.yaml. Prints one line per sampler setting and writes metrics.csv into the
 run directory (a latent-diffusion checkpoint is scored on its decoded images; classifier_scale=S guides with its
-classifier); a sweep (`grid.steps=[5,10,20] grid.cfg_scale=[0,2]`) also writes metrics_vs_nfe.png
-and, when it varies cfg_scale, metrics_vs_cfg_scale.png.
+classifier); a sweep (`grid.steps=[5,10,20] grid.cfg_scale=[0,2]`, or grid.guidance_scale for the guidance in
+use, e.g. autoguidance) also writes metrics_vs_nfe.png and, when it varies a guidance scale,
+metrics_vs_guidance_scale.png.
 """
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.app.config import CONFIG_DIR, report_user_errors
+from diffusion_lab.app.config import CONFIG_DIR, checkpoint_path, report_user_errors
 from diffusion_lab.app.sampling import build_dataset, overrides, resolve_device, with_overrides
 from diffusion_lab.build import load_model
 from diffusion_lab.machine import provenance
@@ -21,13 +22,17 @@ from diffusion_lab.evaluation import Evaluator, grid_points, plot_grid, referenc
 from diffusion_lab.sampling import DiffusionModel, check_labels, generate
 
 
+GUIDANCE_NAMES = {"Guidance": "none", "ClassifierFreeGuidance": "cfg", "AutoGuidance": "autoguidance"}
+
+
 def settings(model: DiffusionModel) -> dict:
     """The sampler settings a grid varies, as used, classifier_scale when it guides, and the network evaluations."""
     guided = isinstance(model.guidance, ClassifierGuidance)
     base = model.guidance.base if guided else model.guidance
     return {"steps": model.sampler.steps, "gam": model.sampler.settings.get("gam"),
-            "cfg_scale": getattr(base, "scale", None), **({"classifier_scale": model.guidance.scale} if guided else {}),
-            "nfe": model.nfe}
+            "guidance": GUIDANCE_NAMES.get(type(base).__name__, type(base).__name__),
+            "guidance_scale": getattr(base, "scale", None),
+            **({"classifier_scale": model.guidance.scale} if guided else {}), "nfe": model.nfe}
 
 
 def evaluator_for(cfg: DictConfig, config: dict, conditional: bool, device: torch.device) -> tuple[Evaluator, dict]:
@@ -49,7 +54,7 @@ def evaluator_for(cfg: DictConfig, config: dict, conditional: bool, device: torc
 @report_user_errors
 def main(cfg: DictConfig) -> float:
     device = resolve_device(cfg.device)
-    loaded = load_model(cfg.ckpt, ema=cfg.ema, device=device, precision=cfg.precision)
+    loaded = load_model(checkpoint_path(cfg), ema=cfg.ema, device=device, precision=cfg.precision)
     base = overrides(cfg)
     grid = OmegaConf.to_container(cfg.grid, resolve=True)
     # every grid point is built before any sampling, so a bad value fails at once
@@ -65,13 +70,14 @@ def main(cfg: DictConfig) -> float:
         rows[-1].update(floor)  # the CSV keeps each metric's floor beside it
     out_dir = Path(cfg.paths.output_dir)
     print(f"wrote {write_csv(rows, out_dir / 'metrics.csv')}")
-    record = {"checkpoint": str(cfg.ckpt), "num_samples": len(evaluator.reference), "metrics": evaluator.metrics,
+    record = {"checkpoint": checkpoint_path(cfg), "num_samples": len(evaluator.reference), "metrics": evaluator.metrics,
               "rows": rows, **provenance(device)}
     (out_dir / "evaluation.json").write_text(json.dumps(record, indent=1, default=float) + "\n")
     if len(rows) > 1:
         print(f"wrote {plot_grid(rows, evaluator.metrics, out_dir / 'metrics_vs_nfe.png')}")
-        if grid["cfg_scale"]:
-            print(f"wrote {plot_grid(rows, evaluator.metrics, out_dir / 'metrics_vs_cfg_scale.png', x='cfg_scale')}")
+        if grid.get("cfg_scale") or grid.get("guidance_scale"):
+            path = plot_grid(rows, evaluator.metrics, out_dir / "metrics_vs_guidance_scale.png", x="guidance_scale")
+            print(f"wrote {path}")
     return rows[0][evaluator.metrics[0]]
 
 

@@ -1,8 +1,8 @@
 """Run directories: one run per directory (a lock and a reuse check), set-and-forget resume, config changes on resume,
 and what a run logged.
 
-    ckpt_path=auto    resumes checkpoints/last.ckpt of hydra.run.dir when it exists, else starts the run there
-    ckpt_path=last    resumes it, and refuses when it does not exist
+    ckpt_path=last    resumes checkpoints/last.ckpt of hydra.run.dir when it exists, else starts the run there with a
+                      warning (as Lightning's `last`); ckpt_path=auto is the same without the warning
     ckpt_path=PATH    resumes any checkpoint of the same model, data and schedule
 """
 from __future__ import annotations
@@ -44,17 +44,18 @@ def logged(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
-    """The checkpoint a run resumes from: `auto` and `last` mean output_dir/checkpoints/last.ckpt."""
+    """The checkpoint a run resumes from: `auto` and `last` mean output_dir/checkpoints/last.ckpt when it exists (None:
+    a new run), a path that checkpoint."""
     if ckpt_path is None:
         return None
     last = Path(output_dir) / "checkpoints" / "last.ckpt"
-    if ckpt_path == "auto":
+    if ckpt_path in ("auto", "last"):
+        if ckpt_path == "last" and not last.is_file():
+            log.warning(f"ckpt_path=last: no checkpoint at {last} yet; starting a new run there")
         return str(last) if last.is_file() else None
-    path = last if ckpt_path == "last" else Path(ckpt_path)
+    path = Path(ckpt_path)
     if not path.is_file():
-        hint = (" (ckpt_path=last looks in hydra.run.dir; ckpt_path=auto starts a new run when there is none)"
-                if ckpt_path == "last" else "")
-        raise CheckpointError(f"ckpt_path: no checkpoint at {path}{hint}")
+        raise CheckpointError(f"ckpt_path: no checkpoint at {path}")
     return str(path)
 
 
@@ -128,7 +129,7 @@ class RunDirectory:
 
     Held by the process that writes the run (global rank 0, `writer`). Refuses a directory that another live run holds,
     and one that already holds a run unless this run resumes that run's own checkpoint (resume_from inside
-    the directory) or starts it afresh by ckpt_path=auto (a directory with a config but no checkpoint yet).
+    the directory) or starts it afresh by ckpt_path=auto or last (a directory with a config but no checkpoint yet).
     """
 
     def __init__(self, path: str | Path, resume_from: str | None = None, auto: bool = False, writer: bool = True):

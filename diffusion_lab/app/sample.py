@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_lab.app.config import CONFIG_DIR, report_user_errors
+from diffusion_lab.app.config import CONFIG_DIR, checkpoint_path, report_user_errors
 from diffusion_lab.app.sampling import build_dataset, overrides, resolve_device, with_overrides
 from diffusion_lab.build import load_model
 from diffusion_lab.errors import ConfigError
@@ -36,7 +36,7 @@ def save(out: Samples, cfg: DictConfig, formats: list[str], reference: torch.Ten
     for fmt in formats:
         path = base.with_suffix(f".{fmt}")
         if fmt == "png":
-            save_samples(out.x, path, reference=reference, title=Path(cfg.ckpt).name, nrow=nrow)
+            save_samples(out.x, path, reference=reference, title=Path(checkpoint_path(cfg)).name, nrow=nrow)
         elif fmt == "pt":
             torch.save(arrays, path)
         else:
@@ -67,7 +67,7 @@ def main(cfg: DictConfig) -> None:
     device = resolve_device(cfg.device)
     if device.index is not None and device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL's all_gather_object works on the current device: one GPU per rank
-    model = load_model(cfg.ckpt, ema=cfg.ema, device=device, precision=cfg.precision)
+    model = load_model(checkpoint_path(cfg), ema=cfg.ema, device=device, precision=cfg.precision)
     model = with_overrides(model, **overrides(cfg))
     labels = check_labels(OmegaConf.to_object(cfg.labels) if cfg.labels is not None else None, model.num_classes)
     if distributed():  # torchrun --nproc_per_node=N scripts/sample.py ...: split the seeds, gather on every rank
@@ -81,7 +81,8 @@ def main(cfg: DictConfig) -> None:
         out = generate(model, cfg.num_samples, cfg.batch_size, cfg.seed, labels, cfg.rank, cfg.world_size,
                        cfg.progress)
     points = out.x.ndim == 2
-    reference = stack_dataset(build_dataset(model.config), max_points=2000) if points else None
+    dataset = build_dataset(model.config) if points else None
+    reference = stack_dataset(dataset, max_points=2000) if dataset is not None else None
     nrow = model.num_classes if model.num_classes and labels is None else None
     for path in save(out, cfg, formats, reference, nrow):
         print(f"wrote {path}")

@@ -1,7 +1,7 @@
 """What scripts/sample.py and scripts/evaluate.py share: a checkpoint's model with the command line's sampler,
 schedule, guidance and precision, on the device asked for.
 
-    model = load_model(cfg.ckpt, ema=cfg.ema, device=resolve_device(cfg.device), precision=cfg.precision)
+    model = load_model(checkpoint_path(cfg), ema=cfg.ema, device=resolve_device(cfg.device), precision=cfg.precision)
     model = with_overrides(model, **overrides(cfg))      # sampler=ddim steps=10 cfg_scale=2 classifier_scale=3 ...
 """
 import inspect
@@ -38,12 +38,20 @@ def sampler_config(base: dict, steps: int | None = None, **settings) -> dict:
     return cfg
 
 
-def guidance_config(base: dict | None, cfg_scale: float | None) -> dict | None:
-    """The guidance config base with classifier-free guidance at cfg_scale (None: keep base)."""
-    if cfg_scale is None:
+def guidance_config(base: dict | None, cfg_scale: float | None = None, guidance_scale: float | None = None) -> dict | None:
+    """The guidance config base with classifier-free guidance at cfg_scale, or with its own scale set to
+    guidance_scale (None: keep base)."""
+    if cfg_scale is not None:
+        base = base if base and locate(base["_target_"]) is ClassifierFreeGuidance else {"_target_": CFG_TARGET}
+        base = {**base, "scale": cfg_scale}
+    if guidance_scale is None:
         return base
-    base = base if base and locate(base["_target_"]) is ClassifierFreeGuidance else {"_target_": CFG_TARGET}
-    return {**base, "scale": cfg_scale}
+    target = locate(base["_target_"]) if base else None
+    if target is None or "scale" not in inspect.signature(target).parameters:
+        name = getattr(target, "__name__", "none")
+        raise ConfigError(f"guidance_scale={guidance_scale}: the guidance ({name}) has no scale; pick guidance=cfg or "
+                          "guidance=autoguidance guidance.guide=PATH")
+    return {**base, "scale": guidance_scale}
 
 
 def classifier_guidance(model: DiffusionModel, base: Guidance, scale: float | None) -> Guidance:
@@ -60,14 +68,16 @@ def classifier_guidance(model: DiffusionModel, base: Guidance, scale: float | No
 
 def with_overrides(model: DiffusionModel, sampler: dict | None = None, schedule: dict | None = None,
                    guidance: dict | None = None, cfg_scale: float | None = None,
-                   classifier_scale: float | None = None, steps: int | None = None, **settings) -> DiffusionModel:
+                   guidance_scale: float | None = None, classifier_scale: float | None = None,
+                   steps: int | None = None, **settings) -> DiffusionModel:
     """model with the given sampler, schedule and guidance configs (None: the checkpoint's), steps and settings of
-    the sampler's function (gam, mu, eta), a classifier-free guidance scale, and classifier guidance by a latent
-    run's classifier (labels 0..K-1 are then drawn even for an unconditional denoiser)."""
+    the sampler's function (gam, mu, eta), a classifier-free guidance scale (which turns it on), the scale of the
+    guidance in use, and classifier guidance by a latent run's classifier (labels 0..K-1 are then drawn even for an
+    unconditional denoiser)."""
     config = model.config
     sampler = instantiate(sampler_config(sampler or config["sampler"], steps, **settings), "sampler")
-    guide = instantiate(guidance_config(guidance if guidance is not None else config.get("guidance"), cfg_scale),
-                        "guidance") or Guidance()
+    guide = instantiate(guidance_config(guidance if guidance is not None else config.get("guidance"), cfg_scale,
+                                        guidance_scale), "guidance") or Guidance()
     check_guidance(guide, model.objective, f"cfg_scale={cfg_scale}" if cfg_scale is not None else "guidance")
     return model.replace(sampler=sampler, schedule=instantiate(schedule, "schedule") if schedule else model.schedule,
                          guidance=classifier_guidance(model, guide, classifier_scale))
@@ -80,13 +90,16 @@ def overrides(cfg: DictConfig) -> dict:
         return None if value is None else OmegaConf.to_container(value, resolve=True)
 
     return dict(sampler=group("sampler"), schedule=group("schedule"), guidance=group("guidance"),
-                cfg_scale=cfg.get("cfg_scale"), classifier_scale=cfg.get("classifier_scale"), steps=cfg.get("steps"),
+                cfg_scale=cfg.get("cfg_scale"), guidance_scale=cfg.get("guidance_scale"),
+                classifier_scale=cfg.get("classifier_scale"), steps=cfg.get("steps"),
                 **{k: cfg.get(k) for k in METHOD_SETTINGS})
 
 
 def build_dataset(config: dict):
-    """The training data set named in a saved train config (torch Dataset, no DataModule)."""
-    return instantiate(config["data"]["dataset"], "data.dataset")
+    """The training data set named in a saved train config (torch Dataset, no DataModule); None for an exported
+    model, whose config keeps only the data's name and shape."""
+    dataset = (config.get("data") or {}).get("dataset")
+    return instantiate(dataset, "data.dataset") if isinstance(dataset, dict) else None
 
 
 def resolve_device(name: str) -> torch.device:

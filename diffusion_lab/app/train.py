@@ -102,13 +102,15 @@ def check_memory(cfg: DictConfig, net) -> None:
     if free is None:
         return
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) and device == "this machine" else 1
-    ema = bool((cfg.get("callbacks") or {}).get("ema"))
-    need = training_memory(net, int(cfg.data.batch_size), ema=ema)
+    ema = (cfg.get("callbacks") or {}).get("ema")
+    averages = 1 + len(ema.get("power_stds") or []) if ema else 0  # the EMA and post-hoc EMA's profiles
+    need = training_memory(net, int(cfg.data.batch_size), averages=averages)
     if need.total * devices > free:
         gib = 2 ** 30
         raise ConfigError(
             f"this run needs at least {need.total * devices / gib:.1f} GiB ({need.num_params / 1e6:.1f}M parameters: "
-            f"{need.state / gib:.1f} GiB of weights, gradients, optimizer{' and EMA' if ema else ''} state, "
+            f"{need.state / gib:.1f} GiB of weights, gradients, optimizer state"
+            f"{f' and {averages} weight averages' if averages else ''}, "
             f"{need.activations / gib:.1f} GiB of activations at data.batch_size={cfg.data.batch_size}"
             f"{f', x{devices} processes' if devices > 1 else ''}) but {device} has {free / gib:.1f} GiB free; "
             "lower data.batch_size, use a smaller model or a GPU (the experiment file says what it is sized for), "
@@ -135,6 +137,8 @@ def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     module, datamodule = build(cfg)
@@ -143,6 +147,9 @@ def train(cfg: DictConfig) -> float | None:
     if warning := emulated_bf16_warning(cfg):
         print(warning, file=sys.stderr)
     ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
+    if ckpt and "posthoc_ema" in ckpt:
+        raise ConfigError(f"ckpt_path={ckpt_path}: a post-hoc EMA reconstruction holds weights to sample, not a "
+                          "training state; resume from the run's checkpoints/last.ckpt")
     if ckpt:  # refuse a corrupt or foreign checkpoint, or a change of model, data or schedule, in one line
         check_resume_config(ckpt["config"], module.train_config, ckpt_path)
         load_weights(module.objective, weights(ckpt, "objective"), Path(ckpt_path))
@@ -153,7 +160,7 @@ def train(cfg: DictConfig) -> float | None:
         trainer.strategy.checkpoint_io.hand_over(ckpt_path, ckpt)  # Lightning restores from it: read once
     if cfg.get("compile"):
         module.objective.net.forward = torch.compile(module.objective.net.forward)
-    with RunDirectory(run_dir, ckpt_path, auto=cfg.get("ckpt_path") == "auto", writer=trainer.is_global_zero):
+    with RunDirectory(run_dir, ckpt_path, auto=cfg.get("ckpt_path") in ("auto", "last"), writer=trainer.is_global_zero):
         if trainer.is_global_zero:
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
             hparams = hyperparameters(module, run_dir)

@@ -14,6 +14,8 @@ CFG_CONVENTIONS = ("cond", "uncond")
 class Guidance:
     """No guidance: the denoiser's own eps for the given condition (or none)."""
 
+    evaluations = 1  # network evaluations per sampler step: counted in DiffusionModel.nfe
+
     def __call__(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
         return model(x, sigma, cond)
 
@@ -26,6 +28,8 @@ class ClassifierFreeGuidance(Guidance):
     Diffusion): eps = eps_u + scale (eps_c - eps_u), so scale 1 is the conditional model; a scale w
     here equals w - 1 in the "cond" convention.
     """
+
+    evaluations = 2  # one batched forward of twice the inputs
 
     def __init__(self, scale: float = 0.0, convention: str = "cond"):
         if convention not in CFG_CONVENTIONS:
@@ -59,6 +63,7 @@ class ClassifierGuidance(Guidance):
         self.classifier = classifier
         self.scale = scale
         self.base = base or Guidance()
+        self.evaluations = self.base.evaluations  # the classifier's forward and backward are not counted
 
     def grad_log_prob(self, x: torch.Tensor, sigma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """grad_x log p(y | x, sigma) for each example."""
@@ -75,3 +80,28 @@ class ClassifierGuidance(Guidance):
         s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])  # (B,)
         grad = self.grad_log_prob(x, s, cond)
         return eps - self.scale * append_dims(s, x) * grad
+
+
+class AutoGuidance(Guidance):
+    """Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself", eq. 2): the
+    denoised estimate D_guide + scale (D_main - D_guide), where the guide is a weaker model of the same data (an
+    earlier or shorter-EMA checkpoint, a smaller network). D = x - sigma eps is affine in eps at a given (x, sigma),
+    so the same combination of the two eps predictions is returned; scale 1 is the main model alone. The guide gets
+    the condition only when it is conditional itself, and follows the input to its device on first use.
+    """
+
+    evaluations = 2
+
+    def __init__(self, guide: nn.Module, scale: float = 2.0):
+        self.guide = guide.eval().requires_grad_(False)
+        self.scale = scale
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+        if next(self.guide.parameters()).device != x.device:
+            self.guide.to(x.device)
+        eps_main = model(x, sigma, cond)
+        eps_guide = self.guide(x, sigma, cond if getattr(self.guide, "num_classes", 0) else None)
+        return eps_guide + self.scale * (eps_main - eps_guide)
+
+    def __repr__(self) -> str:
+        return f"AutoGuidance(guide={type(getattr(self.guide, 'net', self.guide)).__name__}, scale={self.scale})"

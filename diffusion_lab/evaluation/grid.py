@@ -1,4 +1,5 @@
-"""A sweep of sampler settings (steps, gam, cfg_scale): one CSV row per point and plots of each metric.
+"""A sweep of sampler settings (steps, gam, cfg_scale, guidance_scale): one CSV row per point and plots of each
+metric.
 
 Plots show each metric against the network evaluations per sample (NFE) and, when the sweep
 varies it, against the guidance scale.
@@ -9,12 +10,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-SETTINGS = ("steps", "gam", "cfg_scale")
+SETTINGS = ("steps", "gam", "cfg_scale", "guidance_scale")  # the grid's axes
+COLUMNS = ("steps", "gam", "guidance", "guidance_scale")  # the settings a row reports (cfg_scale is a guidance_scale)
 
 
-def grid_points(steps: Sequence[int] = (), gam: Sequence[float] = (), cfg_scale: Sequence[float] = ()) -> list[dict]:
+def grid_points(steps: Sequence[int] = (), gam: Sequence[float] = (), cfg_scale: Sequence[float] = (),
+                guidance_scale: Sequence[float] = ()) -> list[dict]:
     """Every combination of the given values; an empty list keeps the checkpoint's setting (None)."""
-    axes = [list(values) or [None] for values in (steps, gam, cfg_scale)]
+    axes = [list(values) or [None] for values in (steps, gam, cfg_scale, guidance_scale)]
     return [dict(zip(SETTINGS, combo)) for combo in itertools.product(*axes)]
 
 
@@ -40,18 +43,19 @@ def _lines(rows: list[dict], x: str, fixed: Sequence[str]) -> dict[str, list[tup
 
 
 def plot_grid(rows: list[dict], metrics: Sequence[str], path: str | Path, x: str = "nfe") -> Path:
-    """One panel per metric against setting x ("nfe" or "cfg_scale"), a line per combination of the other settings."""
+    """One panel per metric against setting x ("nfe" or "guidance_scale"), a line per combination of the other
+    settings."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fixed = [s for s in SETTINGS if s != x and not (x == "nfe" and s == "steps")]
+    fixed = [s for s in COLUMNS if s != x and not (x == "nfe" and s == "steps")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.5), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for label, points in _lines(rows, x, fixed).items():
             ax.plot([p[0] for p in points], [p[1][metric] for p in points], marker="o", label=label or None)
-        ax.set_xlabel("network evaluations per sample" if x == "nfe" else "guidance scale (cfg_scale)")
+        ax.set_xlabel("network evaluations per sample" if x == "nfe" else "guidance scale")
         ax.set_title(metric)
         if any(ax.get_legend_handles_labels()[1]):
             ax.legend(fontsize=7)

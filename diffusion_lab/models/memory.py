@@ -19,14 +19,14 @@ class TrainingMemory:
         return self.state + self.activations
 
 
-def training_memory(net: nn.Module, batch_size: int, optimizer_moments: int = 2, ema: bool = True,
+def training_memory(net: nn.Module, batch_size: int, optimizer_moments: int = 2, averages: int = 1,
                     probe_batch: int = 1) -> TrainingMemory:
     """The memory a training step of `net` (a denoiser) needs at batch_size, from a forward pass at probe_batch.
 
     The storages of the tensors autograd saves for the backward pass (seen through
     torch.autograd.graph.saved_tensors_hooks, each counted once, the weights not at all) are summed and scaled to
     batch_size: only probe_batch items are ever allocated. Weights, gradients, `optimizer_moments` moments per
-    weight (Adam: 2) and an EMA copy make up the state. The backward pass's temporaries and the allocator's slack
+    weight (Adam: 2) and `averages` averaged copies (the EMA, and post-hoc EMA's profiles) make up the state. The backward pass's temporaries and the allocator's slack
     come on top, so this is a lower bound: measured peaks on a CPU were 1.3 to 2 times it.
     """
     params = list(net.parameters())
@@ -47,5 +47,5 @@ def training_memory(net: nn.Module, batch_size: int, optimizer_moments: int = 2,
     saved = sum(storages.values())
     per_item = (saved + 2 * out.numel() * out.element_size()) / probe_batch
     weight_bytes = sum(p.numel() * p.element_size() for p in params)
-    copies = 2 + optimizer_moments + int(ema)  # weights, gradients, moments, EMA
+    copies = 2 + optimizer_moments + averages  # weights, gradients, moments, averages
     return TrainingMemory(sum(p.numel() for p in params), copies * weight_bytes, round(per_item * batch_size))

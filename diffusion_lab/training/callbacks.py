@@ -1,4 +1,4 @@
-"""Callbacks: EMA of the weights (torch-ema) and sample pictures."""
+"""Callbacks: EMA of the weights (torch-ema, and power-function profiles for post-hoc EMA) and sample pictures."""
 from pathlib import Path
 
 import lightning as L
@@ -7,6 +7,7 @@ from torch_ema import ExponentialMovingAverage
 
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.evaluation.plotting import save_samples
+from diffusion_lab.posthoc_ema import PowerEMA, save_snapshot
 from diffusion_lab.utils import split_batch
 
 
@@ -18,14 +19,29 @@ class EMA(Callback):
     are stored once, under checkpoint["ema_state_dict"] keyed like `objective.state_dict()` (no `module.` or
     `_orig_mod.` prefix; buffers are the model's own); the callback state holds only the update count. A
     resumed run averages with the decay of its config.
+
+    Post-hoc EMA (Karras et al. 2024): with power_stds, power-function EMA profiles of those relative standard
+    deviations are also tracked at every optimizer step (in the callback state, so a resume continues them exactly)
+    and written every snapshot_every steps to snapshot_dir (the newest keep_snapshots files are kept; -1 keeps all),
+    from which scripts/reconstruct_ema.py builds the EMA of any std (diffusion_lab.posthoc_ema).
     """
 
-    def __init__(self, decay: float = 0.999, warmup: bool = True, update_every: int = 1):
+    def __init__(self, decay: float = 0.999, warmup: bool = True, update_every: int = 1, power_stds=(),
+                 snapshot_every: int = 1000, snapshot_dir: str | None = None, keep_snapshots: int = -1):
         if not 0 <= decay < 1:
             raise ConfigError(f"decay={decay} must be in [0, 1)")
         if update_every < 1:
             raise ConfigError(f"update_every={update_every} must be >= 1")
+        if power_stds and (snapshot_every < 1 or snapshot_dir is None):
+            raise ConfigError(f"snapshot_every={snapshot_every}, snapshot_dir={snapshot_dir}: power_stds needs "
+                              "snapshots every >= 1 steps into a folder")
+        if keep_snapshots == 0 or keep_snapshots < -1:
+            raise ConfigError(f"keep_snapshots={keep_snapshots} must be -1 (all) or >= 1")
         self.decay, self.warmup, self.update_every = decay, warmup, update_every
+        self.power_stds, self.snapshot_every, self.keep_snapshots = list(power_stds or ()), snapshot_every, keep_snapshots
+        self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
+        PowerEMA([], self.power_stds)  # checks the stds now, not at the first step
+        self.power: PowerEMA | None = None
         self.ema: ExponentialMovingAverage | None = None
         self._pending: dict | None = None
         self._exported: dict | None = None  # checkpoint["ema_state_dict"] while a checkpoint is being loaded
@@ -36,12 +52,16 @@ class EMA(Callback):
             self.ema = ExponentialMovingAverage(pl_module.objective.parameters(), decay=self.decay,
                                                 use_num_updates=self.warmup)
             self._names = [name for name, _ in pl_module.objective.named_parameters()]
+            if self.power_stds:
+                self.power = PowerEMA(pl_module.objective.parameters(), self.power_stds)
         if self._pending is not None:
             self._load(self._pending)
             self._pending = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.ema.to(pl_module.device)
+        if self.power is not None:
+            self.power.to(pl_module.device)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_step = trainer.global_step  # restored by now, unlike at on_fit_start
@@ -51,7 +71,22 @@ class EMA(Callback):
         step = trainer.global_step
         if step != self._last_step and step % self.update_every == 0:
             self.ema.update(pl_module.objective.parameters())
+        if step != self._last_step and self.power is not None:
+            self.power.update(pl_module.objective.parameters())
+            if step % self.snapshot_every == 0 and trainer.is_global_zero:
+                self.write_snapshot(pl_module, step)
         self._last_step = step
+
+    def write_snapshot(self, pl_module: L.LightningModule, step: int) -> None:
+        """Every power profile at this step as the objective's state_dict (its buffers the model's own)."""
+        own = pl_module.objective.state_dict()
+        states = [{**{k: v.detach().cpu().clone() for k, v in own.items()},
+                   **{n: a.detach().cpu().clone() for n, a in zip(self._names, average, strict=True)}}
+                  for average in self.power.averages]
+        save_snapshot(self.snapshot_dir / f"phema_step{step:07d}.pt", step, self.power.stds, states, self._names)
+        if self.keep_snapshots > 0:
+            for old in sorted(self.snapshot_dir.glob("phema_step*.pt"))[:-self.keep_snapshots]:
+                old.unlink()
 
     def swap_in(self, pl_module: L.LightningModule) -> None:
         """Puts the EMA weights into the model, keeping the raw ones aside."""
@@ -73,7 +108,8 @@ class EMA(Callback):
         self.swap_out(pl_module)
 
     def state_dict(self) -> dict:
-        return {"num_updates": self.ema.num_updates} if self.ema is not None else {}
+        state = {"num_updates": self.ema.num_updates} if self.ema is not None else {}
+        return {**state, "power": self.power.state_dict()} if self.power is not None else state
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         self._exported = checkpoint.get("ema_state_dict")  # Lightning calls load_state_dict next
@@ -85,6 +121,14 @@ class EMA(Callback):
             self._load(state_dict)
 
     def _load(self, state: dict) -> None:
+        state = dict(state)
+        power = state.pop("power", None)
+        if (power is None) != (self.power is None):
+            saved = f"callbacks.ema.power_stds={power['stds']}" if power else "callbacks.ema.power_stds=[]"
+            raise ConfigError(f"callbacks.ema.power_stds={self.power_stds}: the checkpoint's run tracked "
+                              f"{'no post-hoc EMA' if power is None else power['stds']}; resume with {saved}")
+        if power is not None:
+            self.power.load_state_dict(power)
         if "shadow_params" not in state:  # the averaged weights are in ema_state_dict, by name
             exported = self._exported or {}
             if any(n not in exported for n in self._names):

@@ -58,9 +58,12 @@ class Window:
     def __init__(self, warmup: int, steps: int, device: torch.device, profile: str | None = None):
         self.warmup, self.steps, self.device, self.profile = warmup, steps, device, profile
         self.reads, self.profiler, self.result = HostReads(), cProfile.Profile() if profile else None, None
+        self.started = None
 
     def tick(self, i: int) -> bool:
         """Call at the start of step i; True once the window is closed."""
+        if i == 0:
+            self.started = time.perf_counter()
         if i == self.warmup - 1:
             self.reads.__enter__()
         if i == self.warmup:
@@ -81,7 +84,8 @@ class Window:
         sync(self.device)
         wall, cpu = time.perf_counter() - self.t0, time.process_time() - self.cpu0
         self.result = dict(step_ms=1e3 * wall / self.steps, cpu_ms=1e3 * cpu / self.steps,
-                           peak_memory_mib=peak_memory_mib(self.device), host_reads_per_step=self.reads.count)
+                           peak_memory_mib=peak_memory_mib(self.device), host_reads_per_step=self.reads.count,
+                           warmup_s=self.t0 - self.started)  # the warm-up steps: torch.compile compiles in them
         if self.profiler:
             self.profiler.disable()
             with open(self.profile, "w") as f:

@@ -1,12 +1,11 @@
 """What `python scripts/benchmark.py` tells: progress lines, the machine, benchmark.json and benchmark.md tables."""
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
+
+from diffusion_lab.machine import provenance
 
 
 def log(msg: str) -> None:
@@ -14,13 +13,9 @@ def log(msg: str) -> None:
 
 
 def machine(device: torch.device, peaks: dict) -> dict:
-    """What the numbers were measured on."""
-    cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
-                if x.startswith("model name")), platform.processor())
-    return dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {cpu}",
-                cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
-                lightning=L.__version__, python=platform.python_version(),
-                peak_matmul_tflops={k: v and v / 1e12 for k, v in peaks.items()})
+    """What the numbers were measured on, and with which code (diffusion_lab.machine.provenance)."""
+    info = provenance(device)
+    return dict(info, device=info["gpu"] or f"CPU: {info['cpu']}", peak_matmul_tflops={k: v and v / 1e12 for k, v in peaks.items()})
 
 
 def fmt(x, spec: str = ".3g") -> str:
@@ -38,8 +33,10 @@ def training_table(m: dict, w: dict) -> list[str]:
     """The machine line and one row per workload: framework against plain loop, and the speed preset against both."""
     peaks = ", ".join(f"{k} {fmt(v)} TFLOP/s" if v else f"{k} not native (emulated; not measured)"
                       for k, v in m["peak_matmul_tflops"].items())
-    lines = [f"{m['device']} ({m['cores']} cores, torch threads {m['threads']}); torch {m['torch']}, lightning "
-             f"{m['lightning']}; peak matmul measured in this run: {peaks}. Each figure: the median over the rounds "
+    bf16 = "native bf16" if m.get("native_bf16") else "no native bf16"
+    lines = [f"{m['device']} ({m['cores']} cores, torch threads {m['threads']}, {bf16}); torch {m['torch']}, lightning "
+             f"{m['lightning']}; commit {str(m.get('commit'))[:7]}, {m.get('date')}; `{m.get('command')}`; peak matmul "
+             f"measured in this run: {peaks}. Each figure: the median over the rounds "
              "with [its 95% confidence interval] (from the rounds' order statistics; from 6 rounds on), else "
              "(min-max); a round times the framework, the plain loop and speed=fast in turn, and a ratio is the "
              "median of the rounds' paired ratios.", "",
@@ -89,7 +86,8 @@ def options_table(w: dict) -> list[str]:
     options = list(dict.fromkeys(o for r in w.values() for o in r["options"]))
     if not options:
         return []
-    lines = ["Options: framework samples/s relative to its default run (MFU against the matching peak).", "",
+    lines = ["Options: framework samples/s relative to its default run (MFU against the matching peak; warm-up: the "
+             "seconds of the untimed first steps, torch.compile's compilation included).", "",
              "| option | " + " | ".join(w) + " |", "|---" * (len(w) + 1) + "|"]
     return lines + [f"| {o} | " + " | ".join(_option_cell(r["options"].get(o)) for r in w.values()) + " |"
                     for o in options]
@@ -100,7 +98,8 @@ def _option_cell(r: dict | None) -> str:
         return "not run"
     if "error" in r:
         return r["error"]
-    return f"x{r['relative']:.2f} ({fmt(r['samples_per_s'])}/s, MFU {fmt(r['mfu'], '.1%')})"
+    warm = f", warm-up {r['warmup_s']:.1f} s" if r.get("warmup_s") is not None else ""  # compile time is in it
+    return f"x{r['relative']:.2f} ({fmt(r['samples_per_s'])}/s, MFU {fmt(r['mfu'], '.1%')}{warm})"
 
 
 def markdown(report: dict) -> str:

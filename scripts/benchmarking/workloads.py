@@ -173,7 +173,7 @@ def cfg_counts(workload: str, out_dir: str, device: torch.device) -> dict | None
     """Forwards and host reads per sampler step with classifier-free guidance (a conditional build of the workload)."""
     if not WORKLOADS[workload].labels:
         return None  # the swiss roll has no labels
-    module, _ = build(compose_run(workload, ["conditional=true", "guidance=cfg"], out_dir, 0, 1))
+    module, _ = build(compose_run(workload, ["model.num_classes=${data.num_classes}", "guidance=cfg"], out_dir, 0, 1))
     return per_sampler_step(module_setup(module, device), module.seed)
 
 
@@ -237,7 +237,7 @@ def bench_workload(name: str, args, out_dir: str, peaks: dict, device: torch.dev
              sampling_cfg=cfg_counts(name, out_dir, device))
     r["mfu"] = r["flops_per_step"] / fw["step_ms"] * 1e3 / peaks["fp32"] if peaks["fp32"] else None
     log(f"{name}: noise streams")
-    r["noise"] = noise_cost(setup, args.noise_batch, 0, device, wl.noise_rounds[gpu], wl.noise_steps)
+    r["noise"] = noise_cost(setup, args.noise_batch, 0, device, args.noise_rounds or wl.noise_rounds[gpu], wl.noise_steps)
     del timer
     gc.collect()
     r["options"] = {o: run_option(name, o, r, out_dir, peaks) for o in chosen_options(name, args.options, gpu)}
