@@ -118,7 +118,8 @@ def artifacts(kind: str) -> list[dict]:
 
 def machine(r: dict) -> str:
     bf16 = "native bf16" if r.get("native_bf16") else "no native bf16"
-    return f"{r['cpu']} ({r['cores']} cores, {r['threads']} threads, {bf16})"
+    threads = f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}"
+    return f"{r['cpu']} ({r['cores']} cores, {threads}, {bf16})"
 
 
 def commit(r: dict) -> str:
@@ -226,6 +227,8 @@ def render_nfe(group: str, docs: Path) -> str:
     """One row per evaluation artifact of the group, one column per NFE (the nearest grid point; its own NFE in
     brackets where it differs), and the floor."""
     evals = [e for e in artifacts("evaluations") if e["group"] == group]
+    if not evals:
+        fail(f"figure nfe {group}: no evaluation artifact of that group in docs/artifacts/evaluations")
     metric = evals[0]["metrics"][0]
     columns = sorted({row["nfe"] for e in evals for row in e["rows"]})
     lines = [f"| {metric} at NFE ({evals[0]['num_samples']} samples) | " + " | ".join(map(str, columns)) + " | floor |",
@@ -246,14 +249,14 @@ def render_table(group: str, docs: Path) -> str:
     evals = [e for e in artifacts("evaluations") if e["group"] == group]
     if not evals:
         fail(f"figure table {group}: no evaluation artifact of that group in docs/artifacts/evaluations")
-    metrics = [m for m in evals[0]["metrics"] if all(m in row for e in evals for row in e["rows"])]
+    metrics = [m for m in dict.fromkeys(m for e in evals for m in e["metrics"]) if not re.fullmatch(r"accuracy_\d+", m)]
     settings = [c for c in SETTING_COLUMNS if any(row.get(c) is not None for e in evals for row in e["rows"])]
     lines = ["| run | " + " | ".join(settings) + " | " + " | ".join(f"{m} (floor)" for m in metrics) + " | samples |",
              "|---" * (len(settings) + len(metrics) + 2) + "|"]
     for e in evals:
         for row in e["rows"]:
             cells = [_cell(c, row.get(c)) for c in settings]
-            cells += [f"{row[m]:.4g} ({row[m + '_floor']:.3g})" for m in metrics]
+            cells += [f"{row[m]:.4g} ({row[m + '_floor']:.3g})" if m in row else "" for m in metrics]
             lines.append(f"| {e['label']} | " + " | ".join(cells) + f" | {e.get('num_samples') or row.get('num_samples')} |")
     where = sorted({f"{machine(e)}, commit {commit(e)}" for e in evals})
     return "\n".join(lines + ["", "Measured on " + "; ".join(where) + ". A difference below the floor is noise."])

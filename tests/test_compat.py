@@ -68,7 +68,8 @@ def test_objective_loss_and_eps_are_bit_identical_to_the_saved_ones(case, tmp_pa
     assert torch.equal(drawn, saved["diffusion_loss"])
 
 
-@pytest.mark.parametrize("case", sorted(SAMPLERS))
+# Heun's last step became Euler's after these were saved (no evaluation at the last level; CHANGELOG.md): not compared.
+@pytest.mark.parametrize("case", sorted(c for c in SAMPLERS if "sampler=heun" not in c))
 def test_sampler_outputs_are_bit_identical_to_the_saved_ones(case, tmp_path):
     saved = SAMPLERS[case]
     model, schedule, sampler = built(saved["overrides"], tmp_path)

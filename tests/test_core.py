@@ -230,18 +230,21 @@ def test_euler_ancestral_steps_to_sigma_down_then_adds_noise_of_sigma_up_and_is_
     assert torch.equal(final(sample_euler_ancestral(model, levels, xt=x, eta=0.0)), final(sample_euler(model, levels, xt=x)))
 
 
-def test_heun_sampler_averages_the_slopes_at_both_ends_and_takes_euler_on_a_last_step_to_zero():
+def test_heun_sampler_averages_the_slopes_at_both_ends_and_takes_euler_on_the_last_step():
     model = LinearEps()
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
     eps = lambda x, s: x @ model.W.detach() / (1 + s)  # noqa: E731
-    s0, s1 = 2.0, 0.5
+    s0, s1, s2 = 2.0, 0.5, 0.01
     d = eps(x, s0)
-    expected = x + (s1 - s0) * (d + eps(x + (s1 - s0) * d, s1)) / 2  # Karras et al. 2022, alg. 1 lines 5-8
+    heun = x + (s1 - s0) * (d + eps(x + (s1 - s0) * d, s1)) / 2  # Karras et al. 2022, alg. 1 lines 5-8
+    expected = heun + (s2 - s1) * eps(heun, s1)  # the last step, to sigma_min or 0, is Euler's
     model.calls = 0
-    assert torch.allclose(final(sample_heun(model, torch.tensor([s0, s1]), xt=x)), expected, atol=1e-5)
-    assert model.calls == 2
+    assert torch.allclose(final(sample_heun(model, torch.tensor([s0, s1, s2]), xt=x)), expected, atol=1e-5)
+    assert model.calls == 3
     assert torch.allclose(final(sample_heun(model, torch.tensor([s0, 0.0]), xt=x)), x - s0 * d, atol=1e-5)
-    assert model.calls == 3  # alg. 1 line 7: no correction at sigma = 0
+    assert model.calls == 4
+    sampler = Sampler(sample_heun, steps=5)
+    assert sampler.nfe == 9 and len(sampler.sigmas(ScheduleLogLinear())) == 6
 
 
 def test_euler_is_first_order_and_heun_second_order():
@@ -267,7 +270,7 @@ def test_a_sampler_runs_its_function_on_the_schedules_sigmas_with_nfe_model_call
     y = torch.tensor([0, 2, 1])
     model.calls = 0
     got = final(sampler(model, sched, cond=y, guidance=Guidance(), generator=NoiseStreams(range(3))))
-    assert model.calls == sampler.nfe == sampler.steps * (2 if fn is sample_heun else 1)
+    assert model.calls == sampler.nfe == (2 * sampler.steps - 1 if fn is sample_heun else sampler.steps)
     want = final(fn(model, sched.sample_sigmas(4), cond=y, generator=NoiseStreams(range(3)), **settings))
     assert torch.equal(got, want)
 

@@ -155,7 +155,7 @@ def train(cfg: DictConfig) -> float | None:
         load_weights(module.objective, weights(ckpt, "objective"), Path(ckpt_path))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
     if ckpt and isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
         trainer.strategy.checkpoint_io.hand_over(ckpt_path, ckpt)  # Lightning restores from it: read once
     if cfg.get("compile"):

@@ -214,14 +214,16 @@ def sample_heun(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | No
                 cond: torch.Tensor | None = None, guidance: Guidance | None = None, generator: Generators = None,
                 s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
                 s_noise: float = 1.0) -> Iterator[torch.Tensor]:
-    """Heun's method (Karras et al. 2022, alg. 1; with s_churn > 0, the stochastic alg. 2); Euler on a last step to 0."""
+    """Heun's method (Karras et al. 2022, alg. 1; with s_churn > 0, the stochastic alg. 2). The last step is Euler's,
+    as to sigma = 0 in alg. 1: like every other sampler here, it never evaluates the model at the last level, which
+    is a schedule's sigma_min when it is not 0. Use it on levels spaced as EDM's (ScheduleKarras, rho = 7)."""
     sigmas, xt, guide = prepare(model, sigmas, xt, batch_size, cond, guidance, generator)
     levels = sigmas.tolist()
-    for sig, sig_next in zip(levels[:-1], levels[1:]):
+    for i, (sig, sig_next) in enumerate(zip(levels[:-1], levels[1:])):
         xt, sig_hat = _churn(xt, sig, len(levels) - 1, s_churn, s_tmin, s_tmax, s_noise, generator)
         d = guide(model, xt, sig_hat, cond)  # dx/dsigma = eps
         x_next = xt + (sig_next - sig_hat) * d  # (B, ...)
-        if sig_next > 0:
+        if i < len(levels) - 2:
             d_next = guide(model, x_next, sig_next, cond)
             x_next = xt + (sig_next - sig_hat) * (d + d_next) / 2
         xt = x_next
@@ -229,6 +231,7 @@ def sample_heun(model: nn.Module, sigmas: torch.Tensor, *, xt: torch.Tensor | No
 
 
 sample_heun.evaluations_per_step = 2
+sample_heun.last_step_evaluations = 1
 
 
 class _Probe(nn.Module):
@@ -246,7 +249,8 @@ class Sampler:
     method: a `sample_*` function, usually with its settings bound (`functools.partial`, or `_partial_: true` in a
     config); one probe step on a one-number model checks them at once, with a private generator. schedule, when
     given, replaces the model's training schedule for sampling (a model trained on one schedule samples on
-    another). A function that evaluates the model more than once per step says so in `evaluations_per_step`.
+    another). A function that evaluates the model more than once per step says so in `evaluations_per_step` (and in
+    `last_step_evaluations` when its last step differs).
     """
 
     def __init__(self, method: Callable[..., Iterator[torch.Tensor]], steps: int = 20,
@@ -275,7 +279,8 @@ class Sampler:
     @property
     def nfe(self) -> int:
         """Model evaluations per sample (without guidance's doubling)."""
-        return self.steps * getattr(self.function, "evaluations_per_step", 1)
+        per_step = getattr(self.function, "evaluations_per_step", 1)
+        return (self.steps - 1) * per_step + getattr(self.function, "last_step_evaluations", per_step)
 
     def __call__(self, model: nn.Module, schedule: Schedule, *, xt: torch.Tensor | None = None, batch_size: int = 1,
                  cond: torch.Tensor | None = None, guidance: Guidance | None = None,
