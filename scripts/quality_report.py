@@ -1,6 +1,6 @@
 """How trustworthy a run's in-training metric is: its value along training against its noise floor, and pixel noise.
 
-    python scripts/quality_report.py outputs/digits_dit outputs/mnist_dit_cpu --noise 0.1 --out docs/quality.png
+    python scripts/quality_report.py outputs/digits_dit outputs/mnist_dit_cpu --noise 0.1 --out quality.png
 
 For each run directory: reads the metrics train.py logged (val/<metric>, val/<metric>_floor, val/eval_samples,
 val/eval_seconds), rescores the final checkpoint's evaluation samples exactly as callbacks.evaluate did (same

@@ -60,7 +60,8 @@ def test_run_artifacts_and_the_results_table_hold_what_the_runs_logged(tiny_runs
     assert dit["steps"] == 20 and dit["train_seconds"] == summary["train_seconds"] and dit["commit"] == summary["commit"]
     assert [p["step"] for p in dit["curve"]] == [9, 19]  # validations at steps 10 and 20
     assert dit["curve"][-1]["classifier_fd"] == values["val/classifier_fd"][-1][1]
-    assert 0 < dit["curve"][0]["train_seconds"] < dit["curve"][1]["train_seconds"] <= dit["train_seconds"]
+    # summary.json keeps training seconds to 0.1 s
+    assert 0 < dit["curve"][0]["train_seconds"] < dit["curve"][1]["train_seconds"] <= dit["train_seconds"] + 0.05
     assert dit["floor"]["classifier_fd"] == values["val/classifier_fd_floor"][0][1]
     assert (tmp_path / "docs/artifacts/runs/dit_run.png").stat().st_size > 0
     page = tmp_path / "docs" / "results.md"

@@ -267,3 +267,21 @@ def test_toy_mlps_train_exactly_as_smalldiffusions_seed_for_seed(conditional):
     theirs = [*reference.net.parameters(), *(reference.embed.parameters() if conditional else []),
               *(reference.embed_mlp.parameters() if conditional else [])]
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_bf16_attention_on_cpu_attends_in_fp32(monkeypatch):
+    """Under CPU bf16 autocast the projections run in bf16 and the attention itself in fp32 (its bf16 kernel is the
+    slower one there); the result stays within bf16 rounding of fp32 attention."""
+    import torch.nn.functional as F
+
+    from diffusion_lab.models.layers import Attention
+
+    torch.manual_seed(0)
+    attn, x = Attention(64, num_heads=4), torch.randn(2, 10, 64)
+    reference = attn(x)
+    seen, sdpa = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, k, v: seen.append(q.dtype) or sdpa(q, k, v))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(x)
+    assert seen == [torch.float32] and out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), reference, atol=0.03) and not torch.equal(out.float(), reference)

@@ -2,6 +2,7 @@
 
 import math
 
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
@@ -39,5 +40,10 @@ class Attention(nn.Module):
         context = x if context is None else context
         q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.num_heads)  # (B, h, N, d)
         k, v = rearrange(self.to_kv(context), "b m (two h d) -> two b h m d", two=2, h=self.num_heads)  # (B, h, M, d)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # CPU's bf16 attention kernel is slower than its fp32 one (docs/performance.md): attend in fp32.
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
         return self.out(rearrange(out, "b h n d -> b n (h d)"))
