@@ -302,8 +302,9 @@ def render_profile(name: str, docs: Path) -> str:
 
 
 def render_gallery(_: str | None, docs: Path) -> str:
-    """The last sample grid of every run artifact of image data, in one row."""
-    runs = [r for r in artifacts("runs") if r.get("grid") and "x" in r["data"]]
+    """The last sample grid of every recipe's run artifact of image data (a variant of a recipe is left out), in one row."""
+    runs = [r for r in artifacts("runs") if r.get("grid") and "x" in r["data"]
+            and (ROOT / "configs" / "experiment" / f"{r['name']}.yaml").is_file()]
     return "\n".join(["| " + " | ".join(r["name"] for r in runs) + " |", "|---" * len(runs) + "|",
                       "| " + " | ".join(f'<img src="{relative(ROOT / "docs/artifacts/runs" / r["grid"], docs)}" '
                                         'width="140">' for r in runs) + " |"])
