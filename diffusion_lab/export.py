@@ -14,6 +14,7 @@ import torch
 
 from diffusion_lab.checkpoints import PARTS_KEY, has_ema, read_checkpoint, weights
 from diffusion_lab.errors import CheckpointError, ConfigError
+from diffusion_lab.evaluation.grid import logged
 
 FORMAT = "diffusion_lab/1"
 WEIGHTS, CONFIG, CARD, GRID = "model.safetensors", "config.json", "README.md", "samples.png"
@@ -36,22 +37,10 @@ def model_config(train_config: dict) -> dict:
     return config
 
 
-def _last_metrics(run_dir: Path) -> dict[str, float]:
-    """The last value the run logged of each val/ metric and its floor (csv/version_*/metrics.csv)."""
-    import csv
-
-    out: dict[str, float] = {}
-    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                out.update({k: float(v) for k, v in row.items() if v and k.startswith("val/")})
-    return out
-
-
 def model_card(config: dict, run_dir: Path, weights_kind: str) -> str:
     """The README.md of an exported folder: what the model is, how it scored, the command that trained it."""
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-    metrics = _last_metrics(run_dir)
+    metrics = {k: values[-1][1] for k, values in logged(run_dir).items() if k.startswith("val/")}  # the last of each
     names = sorted(k for k in metrics if not k.endswith(("_floor", "_seconds", "loss")) and f"{k}_floor" in metrics)
     scores = [f"| {k} | {metrics[k]:.4g} | {metrics[f'{k}_floor']:.4g} |" for k in names]
     data, what = config["data"], [config[k]["_target_"].rsplit(".", 1)[-1] for k in ("model", "objective")]

@@ -128,10 +128,9 @@ def reconstruction_weights(gammas, times, gamma: float, time: float) -> tuple[np
     return x, math.sqrt(max(target - 2 * x @ b + x @ A @ x, 0.0) / target)
 
 
-def reconstruct(snapshots: list[dict], std: float, step: int | None = None) -> dict:
-    """The state_dict of the power-function EMA of relative std `std` at `step` (default: the last snapshot's),
-    from snapshots of read_snapshots taken up to that step; entries that are not averaged (buffers) are the newest
-    snapshot's."""
+def fit(snapshots: list[dict], std: float, step: int | None = None) -> tuple[list[dict], np.ndarray, float]:
+    """The snapshots (of read_snapshots) taken up to `step` (default: the last snapshot's), their weights in the
+    power-function EMA of relative std `std` at that step, and the fit's relative L2 error."""
     steps = sorted({s["step"] for s in snapshots})
     step = steps[-1] if step is None else step
     if step not in steps:
@@ -139,7 +138,13 @@ def reconstruct(snapshots: list[dict], std: float, step: int | None = None) -> d
                           f"{steps[1] - steps[0] if len(steps) > 1 else steps[0]}); the weights after the last one "
                           "before it are unknown")
     used = [s for s in snapshots if s["step"] <= step]
-    x, _ = reconstruction_weights([s["gamma"] for s in used], [s["step"] for s in used], std_to_gamma(std), step)
+    x, error = reconstruction_weights([s["gamma"] for s in used], [s["step"] for s in used], std_to_gamma(std), step)
+    return used, x, error
+
+
+def combine(used: list[dict], x: np.ndarray) -> dict:
+    """The state_dict sum_i x_i used_i of snapshots and weights from `fit`; entries that are not averaged (buffers)
+    are the newest snapshot's."""
     newest = used[-1]["state"]
     out = {}
     for name, value in newest.items():
@@ -149,3 +154,10 @@ def reconstruct(snapshots: list[dict], std: float, step: int | None = None) -> d
         total = sum(float(w) * s["state"][name].double() for w, s in zip(x, used))
         out[name] = total.to(value.dtype)
     return out
+
+
+def reconstruct(snapshots: list[dict], std: float, step: int | None = None) -> dict:
+    """The state_dict of the power-function EMA of relative std `std` at `step` (default: the last snapshot's),
+    from snapshots of read_snapshots taken up to that step."""
+    used, x, _ = fit(snapshots, std, step)
+    return combine(used, x)

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diffusion_lab.app.runs import logged  # noqa: E402
+from diffusion_lab.evaluation import logged  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- figure: ([\w-]+)(?: ([\w./-]+))? -->\n)(.*?)(<!-- /figure -->)", re.S)

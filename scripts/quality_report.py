@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion_lab.app.runs import logged  # noqa: E402
+from diffusion_lab.evaluation import logged  # noqa: E402
 from diffusion_lab.app.sampling import build_dataset  # noqa: E402
 from diffusion_lab.build import load_model  # noqa: E402
 from diffusion_lab.evaluation import reference_evaluator  # noqa: E402

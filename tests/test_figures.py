@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from diffusion_lab.app.runs import logged
+from diffusion_lab.evaluation import logged
 from diffusion_lab.app.train import check_memory, train
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.models import DiT

@@ -11,7 +11,8 @@ import torch
 from filelock import FileLock
 
 from diffusion_lab.errors import ConfigError, NonFiniteError
-from diffusion_lab.app.runs import LOCK_FILE, RunDirectory, logged
+from diffusion_lab.app.runs import LOCK_FILE, RunDirectory
+from diffusion_lab.evaluation import logged
 from diffusion_lab.app.train import train
 from tests.helpers import BASE, assert_same_training_state, global_step, run_train
 

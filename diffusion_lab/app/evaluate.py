@@ -16,9 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from diffusion_lab.app.config import CONFIG_DIR, checkpoint_path, report_user_errors
 from diffusion_lab.app.sampling import build_dataset, overrides, resolve_device, with_overrides
 from diffusion_lab.build import load_model
-from diffusion_lab.machine import provenance
 from diffusion_lab.core import ClassifierGuidance
 from diffusion_lab.evaluation import Evaluator, grid_points, plot_grid, reference_evaluator, write_csv
+from diffusion_lab.machine import provenance
 from diffusion_lab.sampling import DiffusionModel, check_labels, generate
 
 
@@ -54,7 +54,8 @@ def evaluator_for(cfg: DictConfig, config: dict, conditional: bool, device: torc
 @report_user_errors
 def main(cfg: DictConfig) -> float:
     device = resolve_device(cfg.device)
-    loaded = load_model(checkpoint_path(cfg), ema=cfg.ema, device=device, precision=cfg.precision)
+    ckpt = checkpoint_path(cfg)
+    loaded = load_model(ckpt, ema=cfg.ema, device=device, precision=cfg.precision)
     base = overrides(cfg)
     grid = OmegaConf.to_container(cfg.grid, resolve=True)
     # every grid point is built before any sampling, so a bad value fails at once
@@ -70,7 +71,7 @@ def main(cfg: DictConfig) -> float:
         rows[-1].update(floor)  # the CSV keeps each metric's floor beside it
     out_dir = Path(cfg.paths.output_dir)
     print(f"wrote {write_csv(rows, out_dir / 'metrics.csv')}")
-    record = {"checkpoint": checkpoint_path(cfg), "num_samples": len(evaluator.reference), "metrics": evaluator.metrics,
+    record = {"checkpoint": ckpt, "num_samples": len(evaluator.reference), "metrics": evaluator.metrics,
               "rows": rows, **provenance(device)}
     (out_dir / "evaluation.json").write_text(json.dumps(record, indent=1, default=float) + "\n")
     if len(rows) > 1:

@@ -22,7 +22,7 @@ from diffusion_lab.checkpoints import read_checkpoint
 from diffusion_lab.errors import ConfigError
 from diffusion_lab.evaluation import write_csv
 from diffusion_lab.machine import provenance
-from diffusion_lab.posthoc_ema import read_snapshots, reconstruct, reconstruction_weights, std_to_gamma
+from diffusion_lab.posthoc_ema import combine, fit, read_snapshots, std_to_gamma
 from diffusion_lab.sampling import generate
 
 TRAINING_KEYS = ("optimizer_states", "lr_schedulers", "loops", "callbacks")  # dropped: a reconstruction is no state
@@ -54,17 +54,15 @@ def reconstruct_run(cfg: DictConfig) -> float | None:
     run = Path(cfg.run)
     ckpt_path = Path(cfg.ckpt_path) if cfg.ckpt_path else run / "checkpoints" / "last.ckpt"
     stds, base, snaps = stds_of(cfg), read_checkpoint(ckpt_path), read_snapshots(run / "ema_snapshots")
-    step = cfg.step if cfg.step is not None else max(s["step"] for s in snaps)
     out_dir, device = Path(cfg.paths.output_dir), resolve_device(cfg.device)
     rows, paths = [], []
     for std in stds:
-        state = reconstruct(snaps, std, step)
-        used = [s for s in snaps if s["step"] <= step]
-        _, fit = reconstruction_weights([s["gamma"] for s in used], [s["step"] for s in used], std_to_gamma(std), step)
-        record = {"std": std, "step": step, "fit_error": fit, "snapshots": str(run / "ema_snapshots")}
-        paths.append(write_reconstruction(base, state, record, out_dir / f"phema_std{std:.3f}.ckpt"))
-        rows.append({"ema": f"std {std:g}", "std": std, "step": step, "fit_error": fit})
-        print(f"std={std:g} at step {step}: profile fit error {fit:.2%} -> {paths[-1]}")
+        used, weights, error = fit(snaps, std, cfg.step)
+        step = used[-1]["step"]
+        record = {"std": std, "step": step, "fit_error": error, "snapshots": str(run / "ema_snapshots")}
+        paths.append(write_reconstruction(base, combine(used, weights), record, out_dir / f"phema_std{std:.3f}.ckpt"))
+        rows.append({"ema": f"std {std:g}", "std": std, "step": step, "fit_error": error})
+        print(f"std={std:g} at step {step}: profile fit error {error:.2%} -> {paths[-1]}")
     if not cfg.score:
         return None
     fixed = (base["config"].get("callbacks") or {}).get("ema") or {}

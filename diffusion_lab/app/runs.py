@@ -1,5 +1,5 @@
-"""Run directories: one run per directory (a lock and a reuse check), set-and-forget resume, config changes on resume,
-and what a run logged.
+"""Run directories: one run per directory (a lock and a reuse check), set-and-forget resume, config changes on
+resume.
 
     ckpt_path=last    resumes checkpoints/last.ckpt of hydra.run.dir when it exists, else starts the run there with a
                       warning (as Lightning's `last`); ckpt_path=auto is the same without the warning
@@ -7,7 +7,6 @@ and what a run logged.
 """
 from __future__ import annotations
 
-import csv
 import functools
 import inspect
 import logging
@@ -29,18 +28,6 @@ FIXED = ("model", "objective", "schedule", "module", "seed", "data.dataset", "da
 # Where the same data lives, and how validation samples and what to do with a non-finite step, may change.
 MOVABLE = ("data.dataset.root", "data.dataset.download", "module.num_samples", "module.sample_batch_size",
            "module.nonfinite", "module.max_skipped_steps", "module.classifier_scale")
-
-
-def logged(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Each key the CSV logger wrote -> [(step, value)], over every csv/version_* of the run (a resumed run adds one)."""
-    out: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(Path(run_dir).glob("csv/version_*/metrics.csv")):
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                for key, value in row.items():
-                    if value and key not in ("epoch", "step"):
-                        out.setdefault(key, []).append((int(row["step"]), float(value)))
-    return out
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:

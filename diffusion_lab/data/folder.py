@@ -7,9 +7,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as TF
 
-from diffusion_lab.data.images import check_image_args, random_hflip, standardise_images
+from diffusion_lab.data.images import check_image_args, random_hflip, square_pixels, standardise_images
 from diffusion_lab.errors import DataError
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
@@ -69,12 +68,10 @@ class ImageFolder(Dataset):
         path = self.files[index]
         try:
             with Image.open(path) as image:
-                pixels = TF.pil_to_tensor(image.convert("L" if self.channels == 1 else "RGB"))  # (C, H, W)
+                return square_pixels(image, self.image_size, self.channels)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # PIL's ways to fail a file
             why = str(err).replace(f" {str(path)!r}", "").strip().split("\n")[0] or type(err).__name__
             raise DataError(f"cannot read image {path} ({why})") from None
-        pixels = TF.resize(pixels, [self.image_size], antialias=True)
-        return TF.center_crop(pixels, [self.image_size, self.image_size])
 
     def get_batch(self, indices: list[int]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x = torch.stack([self.load(i) for i in indices])  # (B, C, S, S) uint8

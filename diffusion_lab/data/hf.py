@@ -10,10 +10,9 @@ they fit in `max_memory_gib`; larger sets are decoded per batch. Needs the `data
 "diffusion_lab[hf]"`); it is imported only when such a set is built.
 """
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from diffusion_lab.data.base import InMemoryDataset
-from diffusion_lab.data.images import check_image_args, random_hflip, standardise_images
+from diffusion_lab.data.images import check_image_args, random_hflip, square_pixels, standardise_images
 from diffusion_lab.errors import DataError, first_line
 
 
@@ -63,12 +62,7 @@ class HFImageDataset(InMemoryDataset):
 
     def _decode(self, indices) -> torch.Tensor:
         """uint8 images (B, channels, image_size, image_size): shorter side resized, then centre-cropped."""
-        mode = "L" if self.channels == 1 else "RGB"
-        out = []
-        for i in indices:
-            pixels = TF.pil_to_tensor(self.source[int(i)][self.image_column].convert(mode))  # (C, H, W)
-            pixels = TF.resize(pixels, [self.image_size], antialias=True)
-            out.append(TF.center_crop(pixels, [self.image_size, self.image_size]))
+        out = [square_pixels(self.source[int(i)][self.image_column], self.image_size, self.channels) for i in indices]
         return torch.stack(out) if out else torch.empty(0, self.channels, self.image_size, self.image_size)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:

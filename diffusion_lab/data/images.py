@@ -32,6 +32,13 @@ def check_image_args(image_size: int, channels: int) -> None:
     check_choice("channels", channels, (1, 3))
 
 
+def square_pixels(image, image_size: int, channels: int) -> torch.Tensor:
+    """A PIL image as uint8 (channels, image_size, image_size): converted to L or RGB, shorter side resized to
+    image_size, then centre-cropped."""
+    pixels = TF.pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))  # (C, H, W)
+    return TF.center_crop(TF.resize(pixels, [image_size], antialias=True), [image_size, image_size])
+
+
 def standardise_images(x: torch.Tensor, image_size: int, channels: int) -> torch.Tensor:
     """uint8 [0, 255] or float [-1, 1] images (B, C, H, W) -> float32 [-1, 1] (B, channels, image_size, image_size)."""
     if x.dtype == torch.uint8:

@@ -32,6 +32,19 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
+def logged(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Each key a run's CSV logger wrote -> [(step, value)], over every csv/version_* of the run (a resumed run adds
+    one)."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(Path(run_dir).glob("csv/version_*/metrics.csv")):
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                for key, value in row.items():
+                    if value and key not in ("epoch", "step"):
+                        out.setdefault(key, []).append((int(row["step"]), float(value)))
+    return out
+
+
 def _lines(rows: list[dict], x: str, fixed: Sequence[str]) -> dict[str, list[tuple]]:
     """Points (x, row) grouped into one line per combination of the `fixed` settings, sorted by x."""
     lines = defaultdict(list)

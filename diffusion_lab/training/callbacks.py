@@ -79,9 +79,9 @@ class EMA(Callback):
 
     def write_snapshot(self, pl_module: L.LightningModule, step: int) -> None:
         """Every power profile at this step as the objective's state_dict (its buffers the model's own)."""
-        own = pl_module.objective.state_dict()
-        states = [{**{k: v.detach().cpu().clone() for k, v in own.items()},
-                   **{n: a.detach().cpu().clone() for n, a in zip(self._names, average, strict=True)}}
+        averaged = set(self._names)
+        buffers = {k: v.detach().cpu().clone() for k, v in pl_module.objective.state_dict().items() if k not in averaged}
+        states = [{**buffers, **{n: a.detach().cpu().clone() for n, a in zip(self._names, average, strict=True)}}
                   for average in self.power.averages]
         save_snapshot(self.snapshot_dir / f"phema_step{step:07d}.pt", step, self.power.stds, states, self._names)
         if self.keep_snapshots > 0:
